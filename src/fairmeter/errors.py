@@ -1,0 +1,74 @@
+"""One error tree. Every refusal that reaches a client is a `FairmeterError`.
+
+    FairmeterError                     status  code
+    ├── InvalidApiKey                  401     invalid_api_key
+    ├── InvalidRequest                 400     invalid_request
+    ├── ModelNotFound                  404     model_not_found
+    ├── RequestTooLarge                413     request_too_large
+    ├── UnboundedRequest               400     unbounded_request
+    ├── BudgetExceeded                 402     budget_exceeded
+    ├── IdempotencyKeyInUse            409     idempotency_key_in_use   (the only retryable one)
+    └── NotFound                       404     not_found                (fairmeter's own API)
+
+Each carries a sentence a person understands, with the numbers, and the request field it is about.
+"""
+
+from __future__ import annotations
+
+
+class FairmeterError(Exception):
+    """A refusal with an HTTP status, a stable code and a human sentence."""
+
+    status: int = 400
+    code: str = "invalid_request"
+    retryable: bool = False
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidApiKey(FairmeterError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class InvalidRequest(FairmeterError):
+    status = 400
+    code = "invalid_request"
+
+
+class ModelNotFound(FairmeterError):
+    status = 404
+    code = "model_not_found"
+
+
+class RequestTooLarge(FairmeterError):
+    status = 413
+    code = "request_too_large"
+
+
+class UnboundedRequest(FairmeterError):
+    status = 400
+    code = "unbounded_request"
+
+
+class BudgetExceeded(FairmeterError):
+    status = 402
+    code = "budget_exceeded"
+
+
+class IdempotencyKeyInUse(FairmeterError):
+    status = 409
+    code = "idempotency_key_in_use"
+    retryable = True
+
+
+class NotFound(FairmeterError):
+    status = 404
+    code = "not_found"
+
+
+class ConfigError(Exception):
+    """The configuration file or a command-line option is wrong; raised before serving."""
