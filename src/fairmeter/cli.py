@@ -1,0 +1,225 @@
+"""The `fairmeter` command: serve, emulator, demo, keys, calls, verify, replay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fairmeter.clock import SystemClock
+from fairmeter.config import Config, load_config, max_spend_from_cli
+from fairmeter.errors import ConfigError
+from fairmeter.money import usd_str
+from fairmeter.store.records import call_json, iso
+from fairmeter.store.sqlite import SQLiteStore
+
+
+def _db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (else $FAIRMETER_CONFIG, ./fairmeter.toml, defaults)")
+    p.add_argument("--database-url", help="overrides database_url, e.g. sqlite:///.fairmeter/fairmeter.db")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, os.environ, Path.cwd(), args.database_url)
+
+
+def _store(config: Config) -> SQLiteStore:
+    if not config.database_url.startswith("sqlite:///"):
+        raise ConfigError(f"unsupported database_url {config.database_url!r}: this version supports sqlite:///PATH")
+    return SQLiteStore(config.database_url, SystemClock().now())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fairmeter.gateway.server import serve
+
+    config = _config(args)
+    serve(config, args.host or config.host, args.port if args.port is not None else config.port)
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from fairmeter.testing import serve as serve_emulator
+
+    serve_emulator(args.host, args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fairmeter.demo import run_demo
+
+    return run_demo(Path(args.dir))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from fairmeter.replay import run_replay
+
+    return run_replay(Path(args.cases))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = _store(config)
+    now = SystemClock().now()
+    if args.keys_cmd == "create":
+        cap = max_spend_from_cli(args.max_spend_usd)
+        if cap is None:
+            cap = config.default_key_max_spend
+        with store.transaction():
+            key, secret = store.create_key(args.name, cap, args.admin, now)
+        cap_text = None if cap is None else usd_str(cap)
+        if args.json:
+            print(json.dumps({"id": key.id, "key": secret, "name": key.name, "max_spend_usd": cap_text}))
+        else:
+            print(f"created key {key.id} ({key.name}); spend cap: {'none' if cap_text is None else '$' + cap_text}")
+            print(f"  {secret}")
+            print("This is the only time the key is shown; it is stored as a hash.")
+        return 0
+    if args.keys_cmd == "list":
+        rows: list[dict[str, Any]] = []
+        for k in store.list_keys():
+            spent, held = store.key_spend(k.id)
+            rows.append(
+                {
+                    "id": k.id,
+                    "name": k.name,
+                    "prefix": k.prefix,
+                    "admin": k.admin,
+                    "max_spend_usd": None if k.max_spend is None else usd_str(k.max_spend),
+                    "spent_usd": usd_str(spent),
+                    "held_usd": usd_str(held),
+                    "created_at": iso(k.created_at),
+                    "revoked_at": iso(k.revoked_at),
+                }
+            )
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            print(f"{'id':<18} {'name':<20} {'cap USD':>12} {'spent USD':>14} {'held USD':>12}  state")
+            for r in rows:
+                cap_s = r["max_spend_usd"] or "none"
+                state = "revoked" if r["revoked_at"] else ("admin" if r["admin"] else "active")
+                print(f"{r['id']:<18} {r['name'][:20]:<20} {cap_s:>12} {r['spent_usd']:>14} {r['held_usd']:>12}  {state}")
+        return 0
+    with store.transaction():
+        ok = store.revoke_key(args.id, now)
+    if not ok:
+        print(f"no active key with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.id}")
+    return 0
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    rows = [call_json(r) for r in store.list_calls(None, args.limit, None, None, args.status, None)]
+    if args.json:
+        print(json.dumps({"data": rows}))
+        return 0
+    print_calls(rows)
+    return 0
+
+
+def print_calls(rows: list[dict[str, object]]) -> None:
+    """A table of call records, newest first."""
+    print(
+        f"{'call':<30} {'model':<20} {'stream':<6} {'status':<19} {'usage':<8} {'in':>6} {'cached':>6} "
+        f"{'out':>6} {'billed USD':>12}  note"
+    )
+    for r in rows:
+        note = r.get("message") or r.get("error_code") or ""
+        print(
+            f"{r['id']!s:<30} {str(r['model'] or '-')[:20]:<20} {'yes' if r['stream'] else 'no':<6} "
+            f"{r['status']!s:<19} {r['usage_status'] or '-'!s:<8} {_n(r['input_tokens']):>6} "
+            f"{_n(r['cache_read_tokens']):>6} {_n(r['output_tokens']):>6} {r['billed_usd']!s:>12}  {note}"
+        )
+
+
+def _n(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fairmeter.verify import verify_store
+
+    result = verify_store(_store(_config(args)))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"balanced: {result['balanced']}  caps_ok: {result['caps_ok']}  pending calls: {result['pending_calls']}")
+        for p in result["problems"]:
+            print(f"- {p['kind']}: {p['message']}")
+    ok = result["balanced"] and result["caps_ok"] and not result["problems"]
+    return 0 if ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fairmeter", description="An LLM gateway with exact, capped spend.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    _db_args(s)
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(fn=cmd_serve)
+
+    e = sub.add_parser("emulator", help="run the provider emulator (OpenAI + Anthropic wire formats)")
+    e.add_argument("--host", default="127.0.0.1")
+    e.add_argument("--port", type=int, default=8900)
+    e.set_defaults(fn=cmd_emulator)
+
+    d = sub.add_parser("demo", help="emulator + gateway on SQLite, real SDK traffic, a table of calls")
+    d.add_argument("--dir", default=".fairmeter")
+    d.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("replay", help="run cost cases through the real gateway; one JSON line per case")
+    r.add_argument("cases")
+    r.set_defaults(fn=cmd_replay)
+
+    k = sub.add_parser("keys", help="create, list and revoke fairmeter keys")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    kc = ksub.add_parser("create")
+    _db_args(kc)
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--max-spend-usd")
+    kc.add_argument("--admin", action="store_true")
+    kc.add_argument("--json", action="store_true")
+    kl = ksub.add_parser("list")
+    _db_args(kl)
+    kl.add_argument("--json", action="store_true")
+    kr = ksub.add_parser("revoke")
+    _db_args(kr)
+    kr.add_argument("id")
+    k.set_defaults(fn=cmd_keys)
+
+    c = sub.add_parser("calls", help="list call records")
+    csub = c.add_subparsers(dest="calls_cmd", required=True)
+    cl = csub.add_parser("list")
+    _db_args(cl)
+    cl.add_argument("--limit", type=int, default=50)
+    cl.add_argument("--status")
+    cl.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_calls)
+
+    v = sub.add_parser("verify", help="check the books; exit 1 on any problem")
+    _db_args(v)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(fn=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except ConfigError as exc:
+        print(f"fairmeter: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""fairmeter's own read API: ``/fairmeter/v1/calls`` and ``/fairmeter/v1/calls/{id}``."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from urllib.parse import parse_qs
+
+import orjson
+
+from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
+from fairmeter.gateway.asgi import Scope, Send, send_whole
+from fairmeter.gateway.errors import render
+from fairmeter.gateway.state import GatewayState
+from fairmeter.store.records import call_json
+
+CALL_STATUSES = ("ok", "upstream_error", "refused", "bad_request", "client_disconnected", "upstream_cut", "pending")
+MAX_LIMIT = 1000
+
+
+def _time_param(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an ISO-8601 time or epoch seconds, got {value!r}.", param=name) from None
+
+
+def _cursor(token: str) -> tuple[float, str]:
+    try:
+        ts, call_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return float(ts), call_id
+    except ValueError:
+        raise InvalidRequest("cursor is not a cursor returned by this API.", param="cursor") from None
+
+
+async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
+    call_id = state.new_call_id()
+    try:
+        key = state.authenticate(scope["headers"])
+        path: str = scope["path"]
+        if scope["method"] != "GET":
+            raise NotFound(f"{scope['method']} {path} is not a fairmeter API route.")
+        if path == "/fairmeter/v1/calls":
+            body = _list(state, key.id if not key.admin else None, scope)
+        elif path.startswith("/fairmeter/v1/calls/"):
+            row = state.store.get_call(path.rsplit("/", 1)[1])
+            if row is None or (not key.admin and row["key_id"] != key.id):
+                raise NotFound("No call with that id is visible to this key.")
+            body = orjson.dumps(call_json(row))
+        else:
+            raise NotFound(f"{path} is not a fairmeter API route.")
+    except FairmeterError as exc:
+        status, headers, err = render("openai", call_id, exc)
+        await send_whole(send, status, headers, err)
+        return
+    await send_whole(send, 200, [(b"content-type", b"application/json")], body)
+
+
+def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
+    q = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise InvalidRequest("limit must be an integer from 1 to 1000.", param="limit") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be from 1 to {MAX_LIMIT}, got {limit}.", param="limit")
+    status = q.get("status")
+    if status is not None and status not in CALL_STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(CALL_STATUSES)}.", param="status")
+    since = _time_param(q["since"], "since") if "since" in q else None
+    until = _time_param(q["until"], "until") if "until" in q else None
+    cursor = _cursor(q["cursor"]) if "cursor" in q else None
+    rows = state.store.list_calls(key_id, limit + 1, since, until, status, cursor)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = None
+    if more:
+        last = rows[-1]
+        nxt = base64.urlsafe_b64encode(f"{last['started_at']!r}|{last['id']}".encode()).decode()
+    return orjson.dumps({"data": [call_json(r) for r in rows], "next": nxt})

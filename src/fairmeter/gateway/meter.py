@@ -1,0 +1,137 @@
+"""Pricing a call, before (the hold W) and after (cost and billed amount), in one place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+from fairmeter.catalog import Catalog
+from fairmeter.config import Config
+from fairmeter.errors import ModelNotFound, UnboundedRequest
+from fairmeter.money import Nano, decimal_str, hold_nano, to_nano, usd_str
+from fairmeter.pricing.estimate import billed_usage
+from fairmeter.pricing.price import price_usage
+from fairmeter.pricing.rates import Rates
+from fairmeter.pricing.worst import RequestBound, worst_case
+from fairmeter.usage.model import Usage, UsageReport, UsageStatus
+from fairmeter.usage.request import ParsedRequest
+
+# Without a client limit or a known model maximum, the output bound falls back to the context window.
+UNBOUNDED_INPUT_TOKENS = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """The hold for one call: W in nano-USD and what it was computed from."""
+
+    rates: Rates
+    bound: RequestBound
+    reserved: Nano
+    estimate: Nano  # what a forwarded call is settled at if its gateway dies (prompt estimate)
+    prices_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What a finished call cost (exact) and what the ledger settles (rounded once)."""
+
+    cost_usd: str | None
+    billed: Nano
+    estimated: bool
+    usage_json: str | None
+    breakdown_json: str
+
+
+class Meter:
+    """Turns parsed requests into holds and usage reports into bills."""
+
+    def __init__(self, config: Config, catalog: Catalog) -> None:
+        self.config = config
+        self.catalog = catalog
+        self._prices_json: dict[int, tuple[Rates, str]] = {}  # keeps each Rates alive, so ids stay unique
+
+    def quote(self, provider: str, parsed: ParsedRequest) -> Quote:
+        """Price the worst case W of a request; refuse unknown models and unbounded input."""
+        rates = self.catalog.lookup(provider, parsed.model)
+        if rates is None:
+            raise ModelNotFound(
+                f"The model '{parsed.model}' has no known price for {provider}, so its cost could not be capped; "
+                f'add [prices."{parsed.model}"] to the fairmeter config to allow it.',
+                param="model",
+            )
+        model_max = rates.max_output_tokens or rates.context_window
+        if model_max is None and parsed.output_limit is None:
+            raise UnboundedRequest(
+                f"The request sets no output token limit and the maximum output of '{parsed.model}' is unknown; "
+                "set max_tokens (or max_output_tokens) or configure max_output_tokens for the model.",
+                param="max_tokens",
+            )
+        bound = parsed.bound(model_max or 0)
+        if parsed.unbounded_reason is not None:
+            if self.config.max_request is None:
+                raise UnboundedRequest(
+                    f"The cost of this request cannot be bounded before it runs: {parsed.unbounded_reason}. "
+                    "Set max_request_usd in the fairmeter config to allow such requests.",
+                )
+            reserved = self.config.max_request
+            bound = RequestBound(UNBOUNDED_INPUT_TOKENS, bound.max_output_tokens, 0, bound.prompt_text_bytes)
+        else:
+            reserved = hold_nano(worst_case(bound, rates))
+        prompt_only = Usage(uncached_input_tokens=min(bound.max_input_tokens, -(-bound.prompt_text_bytes // 4)))
+        estimate = min(reserved, to_nano(price_usage(prompt_only, rates).total))
+        return Quote(rates, bound, reserved, estimate, self._rates_json(rates))
+
+    def bill(self, quote: Quote, report: UsageReport) -> Bill:
+        """Exact cost of the reported usage, and the billed amount (with an estimate when cut)."""
+        rates = quote.rates
+        cost: Decimal | None = None
+        if report.usage is not None and report.status is not UsageStatus.ERROR:
+            cost = price_usage(report.usage, rates).total
+        if report.status is UsageStatus.ERROR:
+            return Bill("0", 0, False, _usage_json(Usage()), "{}")
+        usage, estimated = billed_usage(report, quote.bound)
+        billed_price = price_usage(usage, rates)
+        breakdown = {line.token_class: decimal_str(line.cost) for line in billed_price.lines}
+        return Bill(
+            cost_usd=None if cost is None else decimal_str(cost),
+            billed=to_nano(billed_price.total),
+            estimated=estimated,
+            usage_json=None if report.usage is None else _usage_json(report.usage),
+            breakdown_json=json.dumps(breakdown),
+        )
+
+    def _rates_json(self, rates: Rates) -> str:
+        cached = self._prices_json.get(id(rates))
+        if cached is None:
+            cached = (rates, json.dumps(rates.to_json()))
+            self._prices_json[id(rates)] = cached
+        return cached[1]
+
+
+def _usage_json(u: Usage) -> str:
+    return json.dumps(
+        {
+            "input_tokens": u.input_tokens,
+            "uncached_input_tokens": u.uncached_input_tokens,
+            "cache_read_tokens": u.cache_read_tokens,
+            "cache_write_tokens": u.cache_write_tokens,
+            "cache_write_5m_tokens": u.cache_write_5m_tokens,
+            "cache_write_1h_tokens": u.cache_write_1h_tokens,
+            "output_tokens": u.output_tokens,
+            "reasoning_tokens": u.reasoning_tokens,
+            "web_search_requests": u.web_search_requests,
+            "input_audio_tokens": u.input_audio_tokens,
+            "output_audio_tokens": u.output_audio_tokens,
+        }
+    )
+
+
+def budget_message(cap: Nano, spent: Nano, held: Nano, amount: Nano) -> str:
+    """The sentence of a budget refusal, with every number."""
+    room = max(0, cap - spent - held)
+    return (
+        f"This call needs a hold of ${usd_str(amount)} (its worst-case cost), but this key's spend cap is "
+        f"${usd_str(cap)}: ${usd_str(spent)} is spent and ${usd_str(held)} is held by calls in flight, "
+        f"leaving ${usd_str(room)}. Lower max_tokens or raise the cap."
+    )

@@ -1,0 +1,370 @@
+"""One metered call: authenticate, parse, quote W, hold, forward, tap the usage, settle.
+
+The response reaches the client unchanged and chunk by chunk; the tap copies what passes. The only
+change is for OpenAI chat streams whose client did not ask for usage: the gateway asks upstream
+for it (``stream_options.include_usage``) and removes the final usage chunk before the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from fairmeter.errors import BudgetExceeded, FairmeterError, IdempotencyKeyInUse, InvalidRequest
+from fairmeter.gateway.asgi import Headers, Receive, Scope, Send, header, read_body, send_whole
+from fairmeter.gateway.errors import error_body, error_headers, render
+from fairmeter.gateway.meter import Quote, budget_message
+from fairmeter.gateway.state import GatewayState
+from fairmeter.gateway.upstream import response_headers
+from fairmeter.store.records import CallEnd, CallStart, StoredResponse
+from fairmeter.usage.model import UsageReport, UsageStatus
+from fairmeter.usage.reader import BodyReader, StreamReader
+from fairmeter.usage.request import ParsedRequest
+from fairmeter.usage.sse import SSESplitter
+
+log = logging.getLogger("fairmeter.gateway")
+
+MAX_IDEMPOTENCY_KEY = 255
+_STATUS_OF_CODE = {"invalid_api_key": "refused", "budget_exceeded": "refused", "idempotency_key_in_use": "refused"}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A metered provider endpoint."""
+
+    provider: str
+    api: str
+    parse: Callable[[object], ParsedRequest]
+    read_body: BodyReader
+    stream_reader: Callable[[], StreamReader]
+
+
+async def metered_call(state: GatewayState, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    """Handle one call end to end; always leaves exactly one call record."""
+    call_id = state.new_call_id()
+    started = state.clock.now()
+    key_id: str | None = None
+    parsed: ParsedRequest | None = None
+    quote: Quote | None = None
+    idem: str | None = None
+    try:
+        key = state.authenticate(scope["headers"])
+        key_id = key.id
+        body = await read_body(scope, receive, state.config.max_body_bytes)
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+        parsed = route.parse(obj)
+        idem = _idempotency_key(scope)
+        quote = state.meter.quote(route.provider, parsed)
+    except FairmeterError as exc:
+        start = _start(state, route, call_id, key_id, parsed, None, idem, started)
+        await _refuse(state, route, start, exc, send)
+        return
+    start = _start(state, route, call_id, key_id, parsed, quote, idem, started)
+    outcome = await state.committer.run(
+        lambda: state.store.begin_call(
+            start, f"key:{key.id}", f"provider:{route.provider}", state.config.idempotency_ttl_s
+        )
+    )
+    if outcome.kind == "refused":
+        r = outcome.refused
+        assert r is not None
+        await _refuse(state, route, start, BudgetExceeded(budget_message(r.cap, r.spent, r.held, r.amount)), send)
+        return
+    if outcome.kind == "in_use":
+        msg = (
+            f"A call with this Idempotency-Key ({idem}) is still in flight (call {outcome.other_call_id}); "
+            "retry in a second to get its result."
+        )
+        await _refuse(state, route, start, IdempotencyKeyInUse(msg), send)
+        return
+    if outcome.kind == "replay":
+        await _replay(state, start, outcome.other_call_id or "", outcome.stored, send)
+        return
+    assert parsed is not None and quote is not None
+    await _forward(state, route, scope, receive, send, start, parsed, quote, obj)
+
+
+def _idempotency_key(scope: Scope) -> str | None:
+    raw = header(scope, b"idempotency-key")
+    if raw is None:
+        return None
+    value = raw.decode("latin-1").strip()
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(
+            f"The Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} characters; got {len(value)}.",
+            param="Idempotency-Key",
+        )
+    return value
+
+
+def _start(
+    state: GatewayState,
+    route: Route,
+    call_id: str,
+    key_id: str | None,
+    parsed: ParsedRequest | None,
+    quote: Quote | None,
+    idem: str | None,
+    started: float,
+) -> CallStart:
+    return CallStart(
+        id=call_id,
+        key_id=key_id,
+        provider=route.provider,
+        api=route.api,
+        model=parsed.model if parsed else None,
+        stream=parsed.stream if parsed else False,
+        reserved=quote.reserved if quote else 0,
+        estimate=quote.estimate if quote else 0,
+        prices_json=quote.prices_json if quote else None,
+        price_source=quote.rates.source if quote else None,
+        idempotency_key=idem,
+        started_at=started,
+        lease_owner=state.owner,
+        lease_expires_at=started + state.config.lease_s,
+    )
+
+
+async def _refuse(state: GatewayState, route: Route, start: CallStart, exc: FairmeterError, send: Send) -> None:
+    status = _STATUS_OF_CODE.get(exc.code, "bad_request")
+    now = state.clock.now()
+    await state.committer.run(lambda: state.store.record_refusal(start, status, exc.code, exc.message, now))
+    code, headers, body = render(route.provider, start.id, exc)
+    await send_whole(send, code, headers, body)
+
+
+async def _replay(
+    state: GatewayState, start: CallStart, original: str, stored: StoredResponse | None, send: Send
+) -> None:
+    now = state.clock.now()
+    await state.committer.run(lambda: state.store.record_replay(start, original, now))
+    if stored is None:  # settled before its response could be stored (e.g. the client went away early)
+        body = error_body(start.provider, 409, "idempotency_key_in_use", f"Call {original} with this key already ran.")
+        await send_whole(send, 409, error_headers(start.id, True, len(body)), body)
+        return
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.headers]
+    headers = [h for h in headers if h[0] != b"fairmeter-call-id"]
+    headers += [(b"fairmeter-call-id", start.id.encode()), (b"fairmeter-replay-of", original.encode())]
+    await send_whole(send, stored.status, headers, stored.body)
+
+
+async def _forward(
+    state: GatewayState,
+    route: Route,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    start: CallStart,
+    parsed: ParsedRequest,
+    quote: Quote,
+    obj: object,
+) -> None:
+    upstream = state.config.upstreams[route.provider]
+    headers = state.upstream.forward_headers(scope["headers"], upstream)
+    strip_usage = route.api == "chat" and parsed.stream and not parsed.include_usage
+    if strip_usage:
+        assert isinstance(obj, dict)
+        options = obj.get("stream_options") or {}
+        obj["stream_options"] = {**options, "include_usage": True}
+    body = orjson.dumps(obj)
+    headers["content-type"] = "application/json"
+    await state.committer.run(lambda: state.store.mark_forwarded(start.id))
+    try:
+        resp = await state.upstream.send("POST", upstream, scope["path"], headers, body)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        await _upstream_failed(state, route, start, quote, exc, send)
+        return
+    keep = start.idempotency_key is not None
+    try:
+        is_sse = resp.status < 300 and resp.content_type == "text/event-stream"
+        if is_sse:
+            await _relay_stream(state, route, receive, send, start, quote, resp, strip_usage, keep)
+        else:
+            await _relay_body(state, route, send, start, quote, resp, keep)
+    finally:
+        resp.release()
+
+
+async def _upstream_failed(
+    state: GatewayState, route: Route, start: CallStart, quote: Quote, exc: BaseException, send: Send
+) -> None:
+    timed_out = isinstance(exc, TimeoutError)
+    if timed_out:
+        # The request reached the provider, which may bill it: settle at the prompt estimate and flag.
+        msg = f"The upstream did not answer within {state.config.upstream_timeout_s:g} s."
+        report = UsageReport(UsageStatus.UNKNOWN)
+        await _settle(state, start, quote, report, "upstream_error", None, msg, None, reconcile=True)
+        status, code = 504, "upstream_timeout"
+    else:
+        msg = f"The upstream could not be reached: {type(exc).__name__}: {exc}."
+        await _settle(state, start, quote, UsageReport(UsageStatus.ERROR), "upstream_error", None, msg, None)
+        status, code = 502, "upstream_unreachable"
+    body = error_body(route.provider, status, code, msg)
+    await send_whole(send, status, error_headers(start.id, False, len(body)), body)
+
+
+async def _relay_body(
+    state: GatewayState,
+    route: Route,
+    send: Send,
+    start: CallStart,
+    quote: Quote,
+    resp: aiohttp.ClientResponse,
+    keep: bool,
+) -> None:
+    """Non-streamed: pass chunks through as they come; if the client leaves, finish and settle anyway."""
+    headers = response_headers(resp, start.id, keep_length=True)
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    chunks: list[bytes] = []
+    cut = False
+    try:
+        async for chunk in resp.content.iter_any():
+            chunks.append(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        cut = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    body = b"".join(chunks)
+    report = route.read_body(resp.status, body)
+    if cut and report.status is UsageStatus.COMPLETE:
+        report = UsageReport(UsageStatus.UNKNOWN)
+    status = "upstream_cut" if cut else ("ok" if resp.status < 400 else "upstream_error")
+    stored = _stored(resp, headers, body, False) if keep else None
+    await _settle(state, start, quote, report, status, resp.status, None, stored)
+
+
+async def _relay_stream(
+    state: GatewayState,
+    route: Route,
+    receive: Receive,
+    send: Send,
+    start: CallStart,
+    quote: Quote,
+    resp: aiohttp.ClientResponse,
+    strip_usage: bool,
+    keep: bool,
+) -> None:
+    """Streamed: relay each upstream chunk at once, feed the tap, and stop upstream if the client leaves."""
+    headers = response_headers(resp, start.id, keep_length=False)
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    splitter = SSESplitter()
+    reader = route.stream_reader()
+    sent: list[bytes] = []
+    disconnected = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
+    ended = False
+    try:
+        async for chunk in resp.content.iter_any():
+            if disconnected.is_set():
+                break
+            out = chunk
+            events = splitter.feed(chunk)
+            if strip_usage:
+                kept = []
+                for ev in events:
+                    if _is_usage_chunk(ev.data):
+                        reader.feed(ev.data)
+                        continue
+                    reader.feed(ev.data)
+                    kept.append(ev.raw)
+                out = b"".join(kept)
+            else:
+                for ev in events:
+                    reader.feed(ev.data)
+            if out:
+                if keep:
+                    sent.append(out)
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        else:
+            ended = True
+            for ev in splitter.flush():
+                reader.feed(ev.data)
+                if not (strip_usage and _is_usage_chunk(ev.data)):
+                    if keep:
+                        sent.append(ev.raw)
+                    await send({"type": "http.response.body", "body": ev.raw, "more_body": True})
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        ended = False
+    finally:
+        watcher.cancel()
+    client_gone = disconnected.is_set()
+    if not client_gone:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    report = reader.finish(ended=ended and not client_gone)
+    if client_gone:
+        resp.close()  # stop generation upstream at once
+        status = "client_disconnected"
+    elif report.status is UsageStatus.ERROR:
+        status = "upstream_error"
+    elif not ended or report.status in (UsageStatus.PARTIAL, UsageStatus.UNKNOWN):
+        status = "upstream_cut"
+    else:
+        status = "ok"
+    stored = _stored(resp, headers, b"".join(sent), True) if keep else None
+    await _settle(state, start, quote, report, status, resp.status, None, stored)
+
+
+async def _watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            flag.set()
+            return
+
+
+def _is_usage_chunk(data: bytes) -> bool:
+    """The OpenAI chat chunk that carries only usage (``choices: []``, usage not null)."""
+    if b'"usage"' not in data or b'"choices":[]' not in data.replace(b" ", b""):
+        return False
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and obj.get("usage") is not None
+
+
+def _stored(resp: aiohttp.ClientResponse, headers: Headers, body: bytes, stream: bool) -> StoredResponse:
+    return StoredResponse(resp.status, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers], body, stream)
+
+
+async def _settle(
+    state: GatewayState,
+    start: CallStart,
+    quote: Quote,
+    report: UsageReport,
+    status: str,
+    upstream_status: int | None,
+    message: str | None,
+    stored: StoredResponse | None,
+    reconcile: bool = False,
+) -> None:
+    bill = state.meter.bill(quote, report)
+    bill_amount = quote.estimate if reconcile and report.status is UsageStatus.UNKNOWN else bill.billed
+    void = report.status is UsageStatus.ERROR
+    end = CallEnd(
+        status=status,
+        upstream_status=upstream_status,
+        usage_status=report.status.value,
+        usage_json=bill.usage_json,
+        cost_usd=bill.cost_usd,
+        billed=bill_amount,
+        estimated=bill.estimated or reconcile,
+        breakdown_json=bill.breakdown_json,
+        ended_at=state.clock.now(),
+        message=message,
+        stored_response=stored,
+    )
+    now = state.clock.now()
+    overrun = await state.committer.run(
+        lambda: state.store.finish_call(start.id, end, now, void=void, needs_reconciliation=reconcile)
+    )
+    if overrun:
+        log.error("call %s cost %d nano-USD more than its hold; posted as an overrun", start.id, overrun)

@@ -1,0 +1,108 @@
+"""Building and serving the gateway: uvicorn with httptools and uvloop (chosen by measurement)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+
+from fairmeter.catalog import Catalog
+from fairmeter.clock import Clock, SystemClock
+from fairmeter.config import Config
+from fairmeter.gateway.app import Gateway
+from fairmeter.gateway.meter import Meter
+from fairmeter.gateway.state import GatewayState
+from fairmeter.gateway.upstream import UpstreamClient
+from fairmeter.store.batch import GroupCommitter
+from fairmeter.store.sqlite import SQLiteStore
+
+
+def build_gateway(config: Config, clock: Clock | None = None, catalog: Catalog | None = None) -> Gateway:
+    """Open the store (migrating it) and wire the gateway's parts together."""
+    clock = clock or SystemClock()
+    store = SQLiteStore(config.database_url, clock.now())
+    catalog = catalog or Catalog(config.prices)
+    state = GatewayState(
+        config=config,
+        clock=clock,
+        store=store,
+        committer=GroupCommitter(store),
+        catalog=catalog,
+        meter=Meter(config, catalog),
+        upstream=UpstreamClient(config),
+    )
+    return Gateway(state)
+
+
+def uvicorn_config(app: Gateway, host: str, port: int, fd: int | None = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        fd=fd,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=75,
+    )
+
+
+def serve(config: Config, host: str, port: int, clock: Clock | None = None) -> None:
+    """Serve until interrupted."""
+    app = build_gateway(config, clock)
+    print(f"fairmeter gateway listening on http://{host}:{port} (database {config.database_url})", flush=True)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
+
+
+class GatewayServer:
+    """The real gateway on a real port in a background thread (tests, demo, replay)."""
+
+    def __init__(self, config: Config, clock: Clock | None = None, catalog: Catalog | None = None) -> None:
+        self.app = build_gateway(config, clock, catalog)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn_config(self.app, "127.0.0.1", self.port))
+        self.server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._run, name="fairmeter-gateway", daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.origin + "/v1"
+
+    @property
+    def state(self) -> GatewayState:
+        return self.app.state
+
+    def _run(self) -> None:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        loop.close()
+
+    def __enter__(self) -> GatewayServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+        self.sock.close()

@@ -1,0 +1,66 @@
+"""Everything one gateway process shares between requests, built once at start."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from fairmeter.catalog import Catalog
+from fairmeter.clock import Clock
+from fairmeter.config import Config
+from fairmeter.errors import InvalidApiKey
+from fairmeter.gateway.meter import Meter
+from fairmeter.gateway.upstream import UpstreamClient
+from fairmeter.store.batch import GroupCommitter
+from fairmeter.store.records import KeyRecord, iso
+from fairmeter.store.sqlite import KEY_PREFIX, SQLiteStore
+
+KEY_CACHE_S = 1.0  # a revoked key stops working within this many seconds
+
+
+@dataclass
+class GatewayState:
+    config: Config
+    clock: Clock
+    store: SQLiteStore
+    committer: GroupCommitter
+    catalog: Catalog
+    meter: Meter
+    upstream: UpstreamClient
+    owner: str = field(default_factory=lambda: "gw_" + secrets.token_hex(6))
+    _keys: dict[str, tuple[KeyRecord | None, float]] = field(default_factory=dict)
+
+    def new_call_id(self) -> str:
+        return "call_" + secrets.token_hex(12)
+
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> KeyRecord:
+        """The fairmeter key from ``Authorization: Bearer`` or ``x-api-key``; refuses anything else."""
+        secret = None
+        for name, value in headers:
+            if name == b"authorization":
+                v = value.decode("latin-1")
+                if v[:7].lower() == "bearer ":
+                    secret = v[7:].strip()
+            elif name == b"x-api-key":
+                secret = value.decode("latin-1").strip()
+            if secret:
+                break
+        if not secret:
+            raise InvalidApiKey(
+                "No fairmeter key was sent: pass it as 'Authorization: Bearer fm-…' or 'x-api-key: fm-…'."
+            )
+        if not secret.startswith(KEY_PREFIX):
+            raise InvalidApiKey("That is not a fairmeter key (fairmeter keys start with 'fm-').")
+        now = self.clock.now()
+        hit = self._keys.get(secret)
+        if hit is None or now - hit[1] > KEY_CACHE_S:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            hit = (self.store.key_by_secret(secret), now)
+            self._keys[secret] = hit
+        key = hit[0]
+        if key is None:
+            raise InvalidApiKey("This fairmeter key is not valid: no such key exists.")
+        if key.revoked_at is not None:
+            raise InvalidApiKey(f"This fairmeter key ({key.id}) was revoked at {iso(key.revoked_at)}.")
+        return key

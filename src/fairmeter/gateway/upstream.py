@@ -1,0 +1,107 @@
+"""The upstream client: one aiohttp session with a kept-alive pool per gateway process.
+
+aiohttp was chosen by measurement (docs/architecture.md): httpx's pool collapsed under
+concurrency in the same benchmark. A request is retried only when nothing can have been sent
+(the connection could not be opened); never after a response or a partial send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from fairmeter.config import Config, Upstream
+
+# Headers never forwarded upstream: hop-by-hop, the client's fairmeter credentials, and ours.
+_DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"authorization",
+        b"x-api-key",
+        b"accept-encoding",
+        b"idempotency-key",
+    }
+)
+_DROP_RESPONSE = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"})
+
+CONNECT_RETRIES = 2
+
+
+class UpstreamClient:
+    """Sends calls to the configured providers."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=False)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.config.upstream_connect_timeout_s,
+            sock_read=self.config.upstream_timeout_s,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def url(self, upstream: Upstream, path: str) -> str:
+        """OpenAI's base URL includes ``/v1`` (as its SDK uses it); Anthropic's does not."""
+        if upstream.name == "openai" and path.startswith("/v1/"):
+            return upstream.base_url + path[3:]
+        return upstream.base_url + path
+
+    @staticmethod
+    def forward_headers(raw: list[tuple[bytes, bytes]], upstream: Upstream) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, value in raw:
+            if name not in _DROP_REQUEST and not name.startswith(b"fairmeter-"):
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        headers["accept-encoding"] = "identity"
+        if upstream.api_key:
+            if upstream.name == "anthropic":
+                headers["x-api-key"] = upstream.api_key
+            else:
+                headers["authorization"] = "Bearer " + upstream.api_key
+        return headers
+
+    async def send(
+        self, method: str, upstream: Upstream, path: str, headers: dict[str, str], body: bytes | None
+    ) -> aiohttp.ClientResponse:
+        """Open the upstream response (headers read, body not yet); retries only failed connects."""
+        assert self._session is not None, "UpstreamClient.start() was not called"
+        url = self.url(upstream, path)
+        for attempt in range(CONNECT_RETRIES + 1):
+            try:
+                return await self._session.request(method, url, data=body, headers=headers, allow_redirects=False)
+            except aiohttp.ClientConnectorError:
+                if attempt == CONNECT_RETRIES:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+
+def response_headers(resp: aiohttp.ClientResponse, call_id: str, keep_length: bool) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers for the client, plus ``fairmeter-call-id``."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in resp.raw_headers:
+        lname = name.decode("latin-1").lower()
+        if lname in _DROP_RESPONSE and not (keep_length and lname == "content-length"):
+            continue
+        out.append((name.lower(), value))
+    out.append((b"fairmeter-call-id", call_id.encode()))
+    return out

@@ -1,0 +1,104 @@
+"""Accounts change only by transfers (TigerBeetle's model, in integer nano-USD).
+
+A call moves money from its payer's account (the fairmeter key, in this version) to the upstream
+provider's account:
+
+* ``hold``: a *pending* transfer of the worst case W; refused when it would take the payer's
+  posted + pending debits past its cap.
+* ``post``: the real cost, at most W, referencing the hold; the hold turns ``posted`` and the rest
+  is released.
+* ``overrun``: if the real cost is ever above W it is never clamped: the difference is posted as a
+  separate transfer, flagged, and reported by ``verify``.
+* ``void``: a failed call releases the whole hold (cost 0).
+* ``expire``: a lapsed lease resolves a hold (void if never forwarded, else posted at its estimate).
+
+Nothing is edited except a pending hold's state (pending → posted / voided / expired).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fairmeter.money import Nano
+
+
+class TransferKind(StrEnum):
+    HOLD = "hold"
+    POST = "post"
+    VOID = "void"
+    EXPIRE = "expire"
+    OVERRUN = "overrun"
+
+
+class TransferState(StrEnum):
+    PENDING = "pending"
+    POSTED = "posted"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Balances of one account; ``cap`` limits posted + pending debits (None: no cap)."""
+
+    id: str
+    cap: Nano | None
+    debits_pending: Nano
+    debits_posted: Nano
+    credits_pending: Nano
+    credits_posted: Nano
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One ledger entry: ``amount`` moves from ``debit_account`` to ``credit_account``."""
+
+    id: int
+    call_id: str
+    kind: TransferKind
+    debit_account: str
+    credit_account: str
+    amount: Nano
+    pending_id: int | None
+    state: TransferState
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRefused:
+    """Why a hold did not fit: the cap, what is posted, what is held, and this call's hold."""
+
+    cap: Nano
+    spent: Nano
+    held: Nano
+    amount: Nano
+
+    @property
+    def room(self) -> Nano:
+        return max(0, self.cap - self.spent - self.held)
+
+
+def check_hold(cap: Nano | None, spent: Nano, held: Nano, amount: Nano) -> HoldRefused | None:
+    """None when a hold of ``amount`` fits under ``cap``; otherwise the numbers of the refusal."""
+    if amount < 0:
+        raise ValueError("a hold cannot be negative")
+    if cap is None or spent + held + amount <= cap:
+        return None
+    return HoldRefused(cap=cap, spent=spent, held=held, amount=amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How a hold of ``held`` is resolved for a real cost of ``actual``."""
+
+    posted: Nano  # posted against the hold (≤ held)
+    released: Nano  # returned to the payer's room
+    overrun: Nano  # posted beyond the hold, flagged; never clamped
+
+
+def settlement_for(held: Nano, actual: Nano) -> Settlement:
+    """Split a real cost against its hold. ``posted + overrun == actual``; ``posted + released == held``."""
+    if held < 0 or actual < 0:
+        raise ValueError("amounts cannot be negative")
+    posted = min(held, actual)
+    return Settlement(posted=posted, released=held - posted, overrun=actual - posted)

@@ -1,0 +1,1 @@
+"""Storage adapters behind one protocol. SQLite (WAL, one file) is the default backend."""

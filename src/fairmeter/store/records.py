@@ -1,0 +1,144 @@
+"""Plain records the store reads and writes (no SQL here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fairmeter.ledger.model import HoldRefused
+from fairmeter.money import Nano, usd_str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A fairmeter key (only its hash is stored)."""
+
+    id: str
+    name: str
+    prefix: str
+    admin: bool
+    max_spend: Nano | None
+    created_at: float  # float-ok: seconds
+    revoked_at: float | None  # float-ok: seconds
+
+    @property
+    def account(self) -> str:
+        return f"key:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    """What is known about a call when its hold is placed."""
+
+    id: str
+    key_id: str | None
+    provider: str
+    api: str
+    model: str | None
+    stream: bool
+    reserved: Nano
+    estimate: Nano  # settled at lease lapse for a forwarded call (prompt estimate)
+    prices_json: str | None
+    price_source: str | None
+    idempotency_key: str | None
+    started_at: float  # float-ok: seconds
+    lease_owner: str
+    lease_expires_at: float  # float-ok: seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    """How a call ended, written when it is settled or voided."""
+
+    status: str  # ok | upstream_error | client_disconnected | upstream_cut
+    upstream_status: int | None
+    usage_status: str
+    usage_json: str | None
+    cost_usd: str | None  # exact, unrounded decimal string; None when nothing was reported
+    billed: Nano
+    estimated: bool
+    breakdown_json: str | None
+    ended_at: float  # float-ok: seconds
+    message: str | None = None
+    stored_response: StoredResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A settled call's response, kept for idempotent replays."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldOutcome:
+    """Result code of a hold (TigerBeetle style: results, not exceptions)."""
+
+    kind: str  # held | refused | in_use | replay
+    refused: HoldRefused | None = None
+    other_call_id: str | None = None
+    stored: StoredResponse | None = None
+
+
+USAGE_FIELDS = (
+    "input_tokens",
+    "uncached_input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "web_search_requests",
+)
+
+
+def iso(ts: float | None) -> str | None:  # float-ok: seconds
+    """ISO-8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def call_json(row: dict[str, Any]) -> dict[str, Any]:
+    """The public shape of a call record (GET /fairmeter/v1/calls/{id}), from a `calls` row."""
+    import json
+
+    usage: dict[str, Any] = json.loads(row["usage_json"]) if row["usage_json"] else {}
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "key_id": row["key_id"],
+        "provider": row["provider"],
+        "api": row["api"],
+        "model": row["model"],
+        "stream": bool(row["stream"]),
+        "status": row["status"],
+        "upstream_status": row["upstream_status"],
+        "usage_status": row["usage_status"],
+    }
+    for name in USAGE_FIELDS:
+        out[name] = usage.get(name) if usage else (None if row["usage_status"] == "unknown" else 0)
+    out.update(
+        {
+            "cost_usd": row["cost_usd"],
+            "billed_usd": usd_str(row["billed_nano"]),
+            "estimated": bool(row["estimated"]),
+            "cost_breakdown_usd": json.loads(row["breakdown_json"]) if row["breakdown_json"] else {},
+            "reserved_usd": usd_str(row["reserved_nano"]),
+            "unit_prices": json.loads(row["prices_json"]) if row["prices_json"] else None,
+            "price_source": row["price_source"],
+            "idempotency_key": row["idempotency_key"],
+            "replay_of": row["replay_of"],
+            "needs_reconciliation": bool(row["needs_reconciliation"]),
+            "overrun_usd": usd_str(row["overrun_nano"]) if row["overrun_nano"] else None,
+            "error_code": row["error_code"],
+            "message": row["message"],
+            "started_at": iso(row["started_at"]),
+            "ended_at": iso(row["ended_at"]),
+        }
+    )
+    return out

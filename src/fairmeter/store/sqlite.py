@@ -1,0 +1,373 @@
+"""SQLite backend: one file, WAL, ``synchronous=NORMAL``.
+
+Durability: with WAL and synchronous=NORMAL a committed transaction survives a crash of the
+gateway process (the WAL is in the OS page cache), but the last transactions before a power loss
+or kernel crash can be lost. That is the level chosen for the default backend; see
+docs/architecture.md.
+
+Every method here runs inside a transaction opened by the caller (`transaction()`); the group
+committer (`fairmeter.store.batch`) runs many calls' operations in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fairmeter.ledger.model import (
+    Account,
+    Transfer,
+    TransferKind,
+    TransferState,
+    check_hold,
+    settlement_for,
+)
+from fairmeter.money import Nano
+from fairmeter.store.migrations import apply_migrations
+from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse
+
+KEY_PREFIX = "fm-"
+
+
+def hash_key(key: str) -> str:
+    """Keys are stored only as SHA-256 hashes (they are random 192-bit secrets, so no salt is needed)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def sqlite_path(database_url: str) -> str:
+    """``sqlite:///relative/or/absolute.db`` → a filesystem path (``sqlite:///:memory:`` allowed)."""
+    if not database_url.startswith("sqlite:///"):
+        raise ValueError(f"not a SQLite URL: {database_url!r} (expected sqlite:///PATH)")
+    return database_url[len("sqlite:///") :]
+
+
+class SQLiteStore:
+    """The ledger, keys and call records in one SQLite file."""
+
+    def __init__(self, database_url: str, now: float, provider_accounts: tuple[str, ...] = ()) -> None:
+        path = sqlite_path(database_url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        apply_migrations(self.db, now)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT, ROLLBACK on error)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---- keys -------------------------------------------------------------------------------
+
+    def create_key(self, name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:
+        """Create a key; returns the record and the secret (shown once, stored only as a hash)."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(24)
+        key_id = "key_" + secrets.token_hex(6)
+        self.db.execute(
+            "INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key_id, name, hash_key(secret), secret[:7], int(admin), max_spend, now),
+        )
+        self.db.execute("INSERT INTO accounts (id, cap_nano) VALUES (?, ?)", (f"key:{key_id}", max_spend))
+        return KeyRecord(key_id, name, secret[:7], admin, max_spend, now, None), secret
+
+    def key_by_secret(self, secret: str) -> KeyRecord | None:
+        row = self.db.execute("SELECT * FROM keys WHERE key_hash = ?", (hash_key(secret),)).fetchone()
+        return _key(row) if row else None
+
+    def list_keys(self) -> list[KeyRecord]:
+        return [_key(r) for r in self.db.execute("SELECT * FROM keys ORDER BY created_at, id")]
+
+    def revoke_key(self, key_id: str, now: float) -> bool:
+        cur = self.db.execute("UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
+        return cur.rowcount == 1
+
+    def key_spend(self, key_id: str) -> tuple[Nano, Nano]:
+        row = self.db.execute(
+            "SELECT debits_posted, debits_pending FROM accounts WHERE id = ?", (f"key:{key_id}",)
+        ).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    # ---- calls and the ledger ---------------------------------------------------------------
+
+    def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
+        """A call that never got a hold (bad input, wrong key, unknown model, over budget)."""
+        self.db.execute(
+            "INSERT INTO calls (id, key_id, provider, api, model, stream, status, usage_status, cost_usd,"
+            " reserved_nano, idempotency_key, error_code, message, started_at, ended_at, prices_json, price_source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'error', NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), status,
+                call.reserved, call.idempotency_key, code, message, call.started_at, ended_at,
+                call.prices_json, call.price_source,
+            ),
+        )  # fmt: skip
+
+    def begin_call(self, call: CallStart, account: str, provider_account: str, ttl_s: int) -> HoldOutcome:
+        """Idempotency check, then the hold of ``call.reserved`` against the account's cap, atomically."""
+        db = self.db
+        if call.idempotency_key is not None and call.key_id is not None:
+            row = db.execute(
+                "SELECT call_id, state, created_at FROM idempotency WHERE key_id = ? AND idem_key = ?",
+                (call.key_id, call.idempotency_key),
+            ).fetchone()
+            if row is not None and row["created_at"] > call.started_at - ttl_s:
+                if row["state"] == "pending":
+                    return HoldOutcome("in_use", other_call_id=row["call_id"])
+                if row["state"] == "settled":
+                    return HoldOutcome(
+                        "replay", other_call_id=row["call_id"], stored=self.stored_response(row["call_id"])
+                    )
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency (key_id, idem_key, call_id, state, created_at)"
+                " VALUES (?, ?, ?, 'pending', ?)",
+                (call.key_id, call.idempotency_key, call.id, call.started_at),
+            )
+        cur = db.execute(
+            "UPDATE accounts SET debits_pending = debits_pending + ?1 WHERE id = ?2"
+            " AND (cap_nano IS NULL OR debits_posted + debits_pending + ?1 <= cap_nano)",
+            (call.reserved, account),
+        )
+        if cur.rowcount == 0:
+            row = db.execute(
+                "SELECT cap_nano, debits_posted, debits_pending FROM accounts WHERE id = ?", (account,)
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"no ledger account {account}")
+            refused = check_hold(row[0], row[1], row[2], call.reserved)
+            assert refused is not None
+            if call.idempotency_key is not None:
+                db.execute(
+                    "DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND call_id = ?",
+                    (call.key_id, call.idempotency_key, call.id),
+                )
+            return HoldOutcome("refused", refused=refused)
+        db.execute("INSERT INTO accounts (id) VALUES (?) ON CONFLICT (id) DO NOTHING", (provider_account,))
+        db.execute(
+            "UPDATE accounts SET credits_pending = credits_pending + ? WHERE id = ?",
+            (call.reserved, provider_account),
+        )
+        hold = db.execute(
+            "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)"
+            " VALUES (?, 'hold', ?, ?, ?, 'pending', ?)",
+            (call.id, account, provider_account, call.reserved, call.started_at),
+        ).lastrowid
+        db.execute(
+            "INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,"
+            " prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.reserved,
+                call.estimate, call.prices_json, call.price_source, call.idempotency_key, hold,
+                call.lease_owner, call.lease_expires_at, call.started_at,
+            ),
+        )  # fmt: skip
+        return HoldOutcome("held")
+
+    def mark_forwarded(self, call_id: str) -> None:
+        self.db.execute("UPDATE calls SET forwarded = 1 WHERE id = ?", (call_id,))
+
+    def record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
+        """A repeat of a settled call: its own record, charged nothing."""
+        self.db.execute(
+            "INSERT INTO calls (id, key_id, provider, api, model, stream, status, usage_status, cost_usd,"
+            " idempotency_key, replay_of, message, started_at, ended_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'ok', 'complete', '0', ?, ?, ?, ?, ?)",
+            (
+                call.id, call.key_id, call.provider, call.api, call.model, int(call.stream),
+                call.idempotency_key, original,
+                f"repeat of call {original} (same Idempotency-Key): stored response returned, nothing charged",
+                call.started_at, ended_at,
+            ),
+        )  # fmt: skip
+
+    def finish_call(
+        self,
+        call_id: str,
+        end: CallEnd,
+        now: float,
+        *,
+        void: bool = False,
+        expired: bool = False,
+        needs_reconciliation: bool = False,
+    ) -> Nano:
+        """Resolve a pending hold: post ``end.billed`` and release the rest, or void it (cost 0).
+
+        ``expired`` marks a resolution by lease lapse (transfer kind ``expire``). Returns the overrun
+        posted (0 normally). A call that is no longer pending is left as it is.
+        """
+        db = self.db
+        row = db.execute(
+            "SELECT c.key_id, c.hold_id, c.idempotency_key, t.amount, t.debit_account, t.credit_account"
+            " FROM calls c JOIN transfers t ON t.id = c.hold_id WHERE c.id = ? AND c.status = 'pending'",
+            (call_id,),
+        ).fetchone()
+        if row is None:
+            return 0
+        held, debit, credit, hold_id = row["amount"], row["debit_account"], row["credit_account"], row["hold_id"]
+        voided = void
+        split = settlement_for(held, 0 if voided else end.billed)
+        if voided:
+            state, kind = TransferState.VOIDED, TransferKind.VOID
+        elif expired:
+            state, kind = TransferState.EXPIRED, TransferKind.EXPIRE
+        else:
+            state, kind = TransferState.POSTED, TransferKind.POST
+        db.execute("UPDATE transfers SET state = ? WHERE id = ?", (state, hold_id))
+        db.execute(
+            "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, ts)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'posted', ?)",
+            (call_id, kind, debit, credit, split.posted, hold_id, now),
+        )
+        if split.overrun:
+            db.execute(
+                "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state,"
+                " reason, ts) VALUES (?, 'overrun', ?, ?, ?, ?, 'posted', 'cost above hold', ?)",
+                (call_id, debit, credit, split.overrun, hold_id, now),
+            )
+        db.execute(
+            "UPDATE accounts SET debits_pending = debits_pending - ?, debits_posted = debits_posted + ? WHERE id = ?",
+            (held, split.posted + split.overrun, debit),
+        )
+        db.execute(
+            "UPDATE accounts SET credits_pending = credits_pending - ?, credits_posted = credits_posted + ?"
+            " WHERE id = ?",
+            (held, split.posted + split.overrun, credit),
+        )
+        db.execute(
+            "UPDATE calls SET status = ?, upstream_status = ?, usage_status = ?, usage_json = ?, cost_usd = ?,"
+            " billed_nano = ?, estimated = ?, breakdown_json = ?, ended_at = ?, message = ?,"
+            " overrun_nano = ?, needs_reconciliation = ?, lease_expires_at = NULL WHERE id = ?",
+            (
+                end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd,
+                split.posted + split.overrun,
+                int(end.estimated), end.breakdown_json, end.ended_at, end.message, split.overrun,
+                int(needs_reconciliation or split.overrun > 0), call_id,
+            ),
+        )  # fmt: skip
+        if row["idempotency_key"] is not None:
+            idem_state = "voided" if voided else "settled"
+            db.execute(
+                "UPDATE idempotency SET state = ? WHERE key_id = ? AND idem_key = ? AND call_id = ?",
+                (idem_state, row["key_id"], row["idempotency_key"], call_id),
+            )
+            if end.stored_response is not None and not voided:
+                sr = end.stored_response
+                db.execute(
+                    "INSERT OR REPLACE INTO stored_responses (call_id, status, headers_json, body, stream)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (call_id, sr.status, json.dumps(sr.headers), sr.body, int(sr.stream)),
+                )
+        return split.overrun
+
+    def stored_response(self, call_id: str) -> StoredResponse | None:
+        row = self.db.execute("SELECT * FROM stored_responses WHERE call_id = ?", (call_id,)).fetchone()
+        if row is None:
+            return None
+        headers = [(str(k), str(v)) for k, v in json.loads(row["headers_json"])]
+        return StoredResponse(row["status"], headers, bytes(row["body"]), bool(row["stream"]))
+
+    def renew_leases(self, owner: str, until: float) -> int:
+        """Extend the leases of this process's pending calls (one statement for all of them)."""
+        return self.db.execute(
+            "UPDATE calls SET lease_expires_at = ? WHERE status = 'pending' AND lease_owner = ?", (until, owner)
+        ).rowcount
+
+    def lapsed_calls(self, now: float) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute(
+                "SELECT id, forwarded, estimate_nano FROM calls WHERE status = 'pending' AND lease_expires_at < ?",
+                (now,),
+            )
+        )
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        return dict(row) if row else None
+
+    def list_calls(
+        self,
+        key_id: str | None,
+        limit: int,
+        since: float | None,
+        until: float | None,
+        status: str | None,
+        cursor: tuple[float, str] | None,
+    ) -> list[dict[str, Any]]:
+        """Calls newest first; ``cursor`` is the (started_at, id) of the last row of the previous page."""
+        where: list[str] = []
+        args: list[Any] = []
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("started_at < ?")
+            args.append(until)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if cursor is not None:
+            where.append("(started_at < ? OR (started_at = ? AND id < ?))")
+            args.extend([cursor[0], cursor[0], cursor[1]])
+        sql = "SELECT * FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, id DESC LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in self.db.execute(sql, args)]
+
+    def accounts(self) -> list[Account]:
+        return [
+            Account(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in self.db.execute(
+                "SELECT id, cap_nano, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
+            )
+        ]
+
+    def transfers(self) -> list[Transfer]:
+        return [
+            Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7]))
+            for r in self.db.execute(
+                "SELECT id, call_id, kind, debit_account, credit_account, amount, pending_id, state"
+                " FROM transfers ORDER BY id"
+            )
+        ]
+
+    def reconciliation_calls(self) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1"
+            )
+        ]
+
+
+def _key(row: sqlite3.Row) -> KeyRecord:
+    return KeyRecord(
+        row["id"], row["name"], row["key_prefix"], bool(row["admin"]), row["max_spend_nano"],
+        row["created_at"], row["revoked_at"],
+    )  # fmt: skip

@@ -1,0 +1,33 @@
+"""`fairmeter verify`: the books balance, no cap is exceeded, overruns and reconciliation listed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fairmeter.ledger.verify import Problem, verify_books
+from fairmeter.money import usd_str
+from fairmeter.store.sqlite import SQLiteStore
+
+
+def verify_store(store: SQLiteStore) -> dict[str, Any]:
+    """``{"balanced", "caps_ok", "problems": [...]}`` over the whole ledger."""
+    balanced, caps_ok, problems = verify_books(store.accounts(), store.transfers())
+    flagged = {p.call_id for p in problems if p.kind == "overrun"}
+    for row in store.reconciliation_calls():
+        if row["id"] in flagged:
+            continue
+        problems.append(
+            Problem(
+                "needs_reconciliation",
+                f"call {row['id']} ({row['status']}) was billed {usd_str(row['billed_nano'])} USD from an estimate; "
+                "check it against the provider's own usage export",
+                call_id=row["id"],
+            )
+        )
+    pending = store.db.execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0]
+    return {
+        "balanced": balanced,
+        "caps_ok": caps_ok,
+        "pending_calls": pending,
+        "problems": [p.to_json() for p in problems],
+    }
