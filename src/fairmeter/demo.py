@@ -86,7 +86,7 @@ def run_demo(base: Path) -> int:
                 )
             step("a call whose worst case does not fit under the cap: refused before forwarding")
             try:
-                ant.messages.create(model="claude-sonnet-4-5", max_tokens=64_000, messages=prompt)  # type: ignore[arg-type]
+                ant.messages.create(model="claude-sonnet-4-5", max_tokens=20_000, messages=prompt)  # type: ignore[arg-type]
             except anthropic.APIStatusError as exc:
                 print(f"    -> HTTP {exc.status_code}: {_message(exc.body)}")
 

@@ -220,25 +220,33 @@ async def _relay_body(
     resp: aiohttp.ClientResponse,
     keep: bool,
 ) -> None:
-    """Non-streamed: pass chunks through as they come; if the client leaves, finish and settle anyway."""
+    """Non-streamed: pass chunks through as they come; if the client leaves, finish and settle anyway.
+
+    The last chunk is held back until the call is settled, so a client that has the whole response
+    always finds its call record (and an idempotent retry its stored response) already committed.
+    """
     headers = response_headers(resp, start.id, keep_length=True)
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     chunks: list[bytes] = []
     cut = False
     try:
         async for chunk in resp.content.iter_any():
+            if chunks:
+                await send({"type": "http.response.body", "body": chunks[-1], "more_body": True})
             chunks.append(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (aiohttp.ClientError, TimeoutError, OSError):
         cut = True
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
     body = b"".join(chunks)
     report = route.read_body(resp.status, body)
     if cut and report.status is UsageStatus.COMPLETE:
         report = UsageReport(UsageStatus.UNKNOWN)
     status = "upstream_cut" if cut else ("ok" if resp.status < 400 else "upstream_error")
+    message = None
+    if status == "upstream_error":
+        message = f"the upstream answered HTTP {resp.status}; a failed call costs nothing"
     stored = _stored(resp, headers, body, False) if keep else None
-    await _settle(state, start, quote, report, status, resp.status, None, stored)
+    await _settle(state, start, quote, report, status, resp.status, message, stored)
+    await send({"type": "http.response.body", "body": chunks[-1] if chunks else b"", "more_body": False})
 
 
 async def _relay_stream(

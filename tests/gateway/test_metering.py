@@ -1,0 +1,113 @@
+"""Calls through the real gateway with the official SDKs: what reaches the client, and what is billed."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import anthropic
+import openai
+
+from fairmeter.money import to_nano
+from tests.conftest import UPSTREAM_KEY, Gw
+
+PROMPT = [{"role": "user", "content": "Say something about prime numbers."}]
+
+
+def oai(gw: Gw, secret: str, **kw: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=0, **kw)  # type: ignore[arg-type]
+
+
+def ant(gw: Gw, secret: str, **kw: object) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.origin, api_key=secret, max_retries=0, **kw)  # type: ignore[arg-type]
+
+
+def test_chat_plain_is_priced_exactly_and_identified(gateway: Gw, emulator) -> None:  # type: ignore[no-untyped-def]
+    _, secret = gateway.key()
+    raw = oai(gateway, secret).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=PROMPT, max_tokens=100, extra_headers={"x-emulator-tag": "plain"}
+    )
+    completion = raw.parse()
+    call = gateway.call(raw.headers["fairmeter-call-id"])
+    assert completion.usage is not None
+    assert call["status"] == "ok" and call["usage_status"] == "complete" and not call["estimated"]
+    assert call["input_tokens"] == completion.usage.prompt_tokens
+    assert call["output_tokens"] == completion.usage.completion_tokens
+    # gpt-4o-mini from genai-prices: $0.15 / $0.60 per million tokens
+    cost = (Decimal(completion.usage.prompt_tokens) * Decimal("0.15") + Decimal(completion.usage.completion_tokens) * Decimal("0.6")) / 1_000_000
+    assert Decimal(call["cost_usd"]) == cost
+    assert Decimal(call["billed_usd"]) * 10**9 == to_nano(cost)
+    assert sum(Decimal(v) for v in call["cost_breakdown_usd"].values()) == cost
+    assert call["price_source"].startswith("genai-prices")
+    assert call["unit_prices"]["input"] == "0.15"
+    assert Decimal(call["reserved_usd"]) >= Decimal(call["billed_usd"])
+    # the upstream saw fairmeter's upstream key, never the client's key
+    seen = emulator.stats()["tags"]["plain"]["last_headers"]
+    assert seen.get("authorization") == f"Bearer {UPSTREAM_KEY}"
+    assert secret not in json.dumps(seen)
+
+
+def test_chat_stream_without_usage_request_gets_no_usage_chunk(gateway: Gw) -> None:
+    key_id, secret = gateway.key()
+    client = oai(gateway, secret)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=PROMPT, max_tokens=100, stream=True
+    ) as resp:
+        call_id = resp.headers["fairmeter-call-id"]
+        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    payloads = [line[6:] for line in lines]
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert chunks and all(c["choices"] for c in chunks), "the usage-only chunk must not reach the client"
+    assert all(c.get("usage") is None for c in chunks)
+    call = gateway.call(call_id)
+    assert call["usage_status"] == "complete" and call["output_tokens"] > 0
+    assert gateway.store.key_spend(key_id) == (to_nano(Decimal(call["cost_usd"])), 0)
+
+
+def test_chat_stream_with_usage_request_keeps_the_usage_chunk(gateway: Gw) -> None:
+    _, secret = gateway.key()
+    chunks = list(
+        oai(gateway, secret).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=PROMPT,
+            max_tokens=100,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    call = gateway.calls()[0]
+    assert call["output_tokens"] == chunks[-1].usage.completion_tokens
+
+
+def test_anthropic_plain_and_stream_accept_both_auth_headers(gateway: Gw) -> None:
+    _, secret = gateway.key()
+    bearer = anthropic.Anthropic(base_url=gateway.origin, auth_token=secret, max_retries=0)
+    msg = bearer.messages.create(model="claude-haiku-4-5", max_tokens=100, messages=PROMPT)  # type: ignore[arg-type]
+    with ant(gateway, secret).messages.stream(model="claude-haiku-4-5", max_tokens=100, messages=PROMPT) as s:  # type: ignore[arg-type]
+        final = s.get_final_message()
+    calls = {c["stream"]: c for c in gateway.calls()}
+    assert calls[False]["output_tokens"] == msg.usage.output_tokens
+    assert calls[True]["output_tokens"] == final.usage.output_tokens
+    assert calls[True]["usage_status"] == "complete"
+
+
+def test_responses_plain_and_stream(gateway: Gw) -> None:
+    _, secret = gateway.key()
+    client = oai(gateway, secret)
+    r = client.responses.create(model="gpt-4.1", input="hello", max_output_tokens=50)
+    events = list(client.responses.create(model="gpt-4.1", input="hello", max_output_tokens=50, stream=True))
+    assert events[-1].type == "response.completed"
+    calls = {c["stream"]: c for c in gateway.calls()}
+    assert r.usage is not None and calls[False]["output_tokens"] == r.usage.output_tokens
+    assert calls[True]["usage_status"] == "complete" and calls[True]["api"] == "responses"
+
+
+def test_count_tokens_and_models_are_free(gateway: Gw) -> None:
+    key_id, secret = gateway.key()
+    counted = ant(gateway, secret).messages.count_tokens(model="claude-haiku-4-5", messages=PROMPT)  # type: ignore[arg-type]
+    assert counted.input_tokens > 0
+    models = oai(gateway, secret).models.list()
+    assert any(m.id == "gpt-4o-mini" for m in models)
+    assert gateway.store.key_spend(key_id) == (0, 0)

@@ -1,0 +1,116 @@
+"""Money-path properties of the ledger, on a real SQLite file."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fairmeter.ledger.model import check_hold, settlement_for
+from fairmeter.ledger.verify import verify_books
+from fairmeter.store.records import CallEnd, CallStart
+from fairmeter.store.sqlite import SQLiteStore
+
+amounts = st.integers(min_value=0, max_value=10**12)
+
+
+@given(held=amounts, actual=amounts)
+def test_settlement_splits_exactly(held: int, actual: int) -> None:
+    s = settlement_for(held, actual)
+    assert s.posted + s.released == held
+    assert s.posted + s.overrun == actual
+    assert s.posted <= held and min(s.posted, s.released, s.overrun) >= 0
+    assert (s.overrun > 0) == (actual > held)
+
+
+@given(cap=st.none() | amounts, spent=amounts, held=amounts, amount=amounts)
+def test_check_hold_refuses_exactly_when_over_cap(cap: int | None, spent: int, held: int, amount: int) -> None:
+    refused = check_hold(cap, spent, held, amount)
+    fits = cap is None or spent + held + amount <= cap
+    assert (refused is None) == fits
+    if refused is not None:
+        assert refused.room == max(0, refused.cap - spent - held) and refused.room < amount
+
+
+def _start(call_id: str, key_id: str, reserved: int, now: float) -> CallStart:
+    return CallStart(
+        id=call_id,
+        key_id=key_id,
+        provider="openai",
+        api="chat",
+        model="m",
+        stream=False,
+        reserved=reserved,
+        estimate=reserved // 3,
+        prices_json=None,
+        price_source=None,
+        idempotency_key=None,
+        started_at=now,
+        lease_owner="gw_test",
+        lease_expires_at=now + 60,
+    )
+
+
+def _end(billed: int, status: str = "ok") -> CallEnd:
+    return CallEnd(status, 200, "complete", None, None, billed, False, None, 0.0)
+
+
+op = st.tuples(
+    st.sampled_from(["hold", "settle", "void", "expire", "overrun"]),
+    st.integers(min_value=0, max_value=5_000),
+    st.integers(min_value=0, max_value=5_000),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cap=st.integers(min_value=0, max_value=20_000), ops=st.lists(op, max_size=40))
+def test_books_balance_and_caps_hold_after_any_sequence(cap: int, ops: list[tuple[str, int, int]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(f"sqlite:///{Path(tmp) / 'l.db'}", 0.0)
+        with store.transaction():
+            key, _ = store.create_key("k", cap, False, 0.0)
+        pending: list[tuple[str, int]] = []
+        overruns = 0
+        n = 0
+        for kind, a, b in ops:
+            with store.transaction():
+                if kind == "hold" or not pending:
+                    n += 1
+                    outcome = store.begin_call(_start(f"c{n}", key.id, a, 0.0), key.account, "provider:openai", 86400)
+                    if outcome.kind == "held":
+                        pending.append((f"c{n}", a))
+                    else:
+                        assert outcome.refused is not None and outcome.refused.room < a
+                    continue
+                call_id, held = pending.pop(b % len(pending))
+                if kind == "settle":
+                    store.finish_call(call_id, _end(min(b, held)), 1.0)
+                elif kind == "void":
+                    store.finish_call(call_id, _end(0, "upstream_error"), 1.0, void=True)
+                elif kind == "expire":
+                    store.finish_call(call_id, _end(held // 3), 1.0, expired=True, needs_reconciliation=True)
+                else:
+                    over = held + 1 + b
+                    overruns += store.finish_call(call_id, _end(over), 1.0)
+            balanced, caps_ok, problems = verify_books(store.accounts(), store.transfers())
+            assert balanced, problems
+            assert caps_ok, problems
+            spent, held_now = store.key_spend(key.id)
+            assert spent + held_now - overruns <= cap
+            assert held_now == sum(h for _, h in pending)
+        store.close()
+
+
+def test_verify_detects_a_tampered_balance(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'l.db'}", 0.0)
+    with store.transaction():
+        key, _ = store.create_key("k", 1000, False, 0.0)
+        store.begin_call(_start("c1", key.id, 500, 0.0), key.account, "provider:openai", 86400)
+        store.finish_call("c1", _end(200), 1.0)
+    assert verify_books(store.accounts(), store.transfers())[0]
+    store.db.execute("UPDATE accounts SET debits_posted = debits_posted + 1 WHERE id = ?", (key.account,))
+    balanced, _, problems = verify_books(store.accounts(), store.transfers())
+    assert not balanced
+    assert {p.kind for p in problems} >= {"unbalanced", "balance_mismatch"}
