@@ -102,7 +102,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
             for r in rows:
                 cap_s = r["max_spend_usd"] or "none"
                 state = "revoked" if r["revoked_at"] else ("admin" if r["admin"] else "active")
-                print(f"{r['id']:<18} {r['name'][:20]:<20} {cap_s:>12} {r['spent_usd']:>14} {r['held_usd']:>12}  {state}")
+                print(
+                    f"{r['id']:<18} {r['name'][:20]:<20} {cap_s:>12} {r['spent_usd']:>14} {r['held_usd']:>12}  {state}"
+                )
         return 0
     with store.transaction():
         ok = store.revoke_key(args.id, now)

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import anthropic
 import openai
+from tests.conftest import UPSTREAM_KEY, Gw
 
 from fairmeter.money import to_nano
-from tests.conftest import UPSTREAM_KEY, Gw
 
 PROMPT = [{"role": "user", "content": "Say something about prime numbers."}]
 
@@ -34,7 +34,10 @@ def test_chat_plain_is_priced_exactly_and_identified(gateway: Gw, emulator) -> N
     assert call["input_tokens"] == completion.usage.prompt_tokens
     assert call["output_tokens"] == completion.usage.completion_tokens
     # gpt-4o-mini from genai-prices: $0.15 / $0.60 per million tokens
-    cost = (Decimal(completion.usage.prompt_tokens) * Decimal("0.15") + Decimal(completion.usage.completion_tokens) * Decimal("0.6")) / 1_000_000
+    cost = (
+        Decimal(completion.usage.prompt_tokens) * Decimal("0.15")
+        + Decimal(completion.usage.completion_tokens) * Decimal("0.6")
+    ) / 1_000_000
     assert Decimal(call["cost_usd"]) == cost
     assert Decimal(call["billed_usd"]) * 10**9 == to_nano(cost)
     assert sum(Decimal(v) for v in call["cost_breakdown_usd"].values()) == cost

@@ -33,6 +33,11 @@ MAX_IDEMPOTENCY_KEY = 255
 _STATUS_OF_CODE = {"invalid_api_key": "refused", "budget_exceeded": "refused", "idempotency_key_in_use": "refused"}
 
 
+class UpstreamCut(Exception):
+    """Raised after settling a call whose upstream broke mid-response: the server then drops the
+    client connection without finishing the body, so the client sees the same cut."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A metered provider endpoint."""
@@ -246,6 +251,10 @@ async def _relay_body(
         message = f"the upstream answered HTTP {resp.status}; a failed call costs nothing"
     stored = _stored(resp, headers, body, False) if keep else None
     await _settle(state, start, quote, report, status, resp.status, message, stored)
+    if cut:
+        if chunks:
+            await send({"type": "http.response.body", "body": chunks[-1], "more_body": True})
+        raise UpstreamCut(start.id)
     await send({"type": "http.response.body", "body": chunks[-1] if chunks else b"", "more_body": False})
 
 
@@ -304,8 +313,6 @@ async def _relay_stream(
     finally:
         watcher.cancel()
     client_gone = disconnected.is_set()
-    if not client_gone:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
     report = reader.finish(ended=ended and not client_gone)
     if client_gone:
         resp.close()  # stop generation upstream at once
@@ -318,6 +325,10 @@ async def _relay_stream(
         status = "ok"
     stored = _stored(resp, headers, b"".join(sent), True) if keep else None
     await _settle(state, start, quote, report, status, resp.status, None, stored)
+    if not ended and not client_gone:
+        raise UpstreamCut(start.id)  # pass the cut on: the client must not mistake it for a whole stream
+    if not client_gone:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from fairmeter.clock import Clock, SystemClock
 from fairmeter.config import Config
 from fairmeter.gateway.app import Gateway
 from fairmeter.gateway.meter import Meter
+from fairmeter.gateway.proxy import UpstreamCut
 from fairmeter.gateway.state import GatewayState
 from fairmeter.gateway.upstream import UpstreamClient
 from fairmeter.store.batch import GroupCommitter
@@ -36,6 +38,20 @@ def build_gateway(config: Config, clock: Clock | None = None, catalog: Catalog |
         upstream=UpstreamClient(config),
     )
     return Gateway(state)
+
+
+class _QuietCuts(logging.Filter):
+    """An upstream cut passed on to the client is expected, not a server error: log it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UpstreamCut):
+            record.msg, record.args, record.exc_info = "upstream cut passed on to the client (%s)", (exc,), None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietCuts())
 
 
 def uvicorn_config(app: Gateway, host: str, port: int, fd: int | None = None) -> uvicorn.Config:
