@@ -42,6 +42,11 @@ class Gw:
         self.origin = server.origin
         self.openai_base_url = server.openai_base_url
         self.store = server.state.store
+        self.clients: list[Any] = []
+
+    def close_clients(self) -> None:
+        for c in self.clients:
+            c.close()
 
     def key(self, max_spend_nano: int | None = None, admin: bool = False, name: str = "test") -> tuple[str, str]:
         """Create a key; returns (key id, secret)."""
@@ -72,4 +77,8 @@ class Gw:
 @pytest.fixture
 def gateway(emulator: EmulatorServer, tmp_path: Path) -> Iterator[Gw]:
     with GatewayServer(gateway_config(emulator, tmp_path / "fm.db")) as server:
-        yield Gw(server)
+        gw = Gw(server)
+        try:
+            yield gw
+        finally:
+            gw.close_clients()

@@ -139,12 +139,12 @@ def test_client_disconnect_mid_stream_stops_upstream_and_bills_what_was_generate
 
 def test_client_timeout_on_plain_call_then_retry_gets_stored_response_charged_once(gateway: Gw, emulator) -> None:  # type: ignore[no-untyped-def]
     key_id, secret = gateway.key()
-    slow = openai.OpenAI(base_url=gateway.openai_base_url, api_key=secret, max_retries=0, timeout=0.3)
+    slow = oai(gateway, secret, timeout=0.3)
     headers = {"Idempotency-Key": "retry-after-timeout", "x-emulator-latency-ms": "800", "x-emulator-tag": "slow"}
     with pytest.raises(openai.APITimeoutError):
         slow.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=50, extra_headers=headers)  # type: ignore[arg-type]
     # The SDK's own retries (409 while in flight, honouring retry-after) end with the stored response.
-    patient = openai.OpenAI(base_url=gateway.openai_base_url, api_key=secret, max_retries=5)
+    patient = oai(gateway, secret, max_retries=5)
     again = patient.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",
         messages=PROMPT,

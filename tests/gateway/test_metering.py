@@ -15,11 +15,19 @@ PROMPT = [{"role": "user", "content": "Say something about prime numbers."}]
 
 
 def oai(gw: Gw, secret: str, **kw: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=0, **kw)  # type: ignore[arg-type]
+    """An openai client on the gateway, closed when the test ends."""
+    kw.setdefault("max_retries", 0)
+    client = openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, **kw)  # type: ignore[arg-type]
+    gw.clients.append(client)
+    return client
 
 
 def ant(gw: Gw, secret: str, **kw: object) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.origin, api_key=secret, max_retries=0, **kw)  # type: ignore[arg-type]
+    """An anthropic client on the gateway, closed when the test ends."""
+    kw.setdefault("max_retries", 0)
+    client = anthropic.Anthropic(base_url=gw.origin, **{"api_key": secret, **kw})  # type: ignore[arg-type]
+    gw.clients.append(client)
+    return client
 
 
 def test_chat_plain_is_priced_exactly_and_identified(gateway: Gw, emulator) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +94,7 @@ def test_chat_stream_with_usage_request_keeps_the_usage_chunk(gateway: Gw) -> No
 
 def test_anthropic_plain_and_stream_accept_both_auth_headers(gateway: Gw) -> None:
     _, secret = gateway.key()
-    bearer = anthropic.Anthropic(base_url=gateway.origin, auth_token=secret, max_retries=0)
+    bearer = ant(gateway, "", auth_token=secret, api_key=None)
     msg = bearer.messages.create(model="claude-haiku-4-5", max_tokens=100, messages=PROMPT)  # type: ignore[arg-type]
     with ant(gateway, secret).messages.stream(model="claude-haiku-4-5", max_tokens=100, messages=PROMPT) as s:  # type: ignore[arg-type]
         final = s.get_final_message()
