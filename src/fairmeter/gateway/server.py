@@ -41,14 +41,11 @@ def build_gateway(config: Config, clock: Clock | None = None, catalog: Catalog |
 
 
 class _QuietCuts(logging.Filter):
-    """An upstream cut passed on to the client is expected, not a server error: log it in one line."""
+    """An upstream cut passed on to the client is expected, not a server error (its call record says so)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UpstreamCut):
-            record.msg, record.args, record.exc_info = "upstream cut passed on to the client (%s)", (exc,), None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
+        return not isinstance(exc, UpstreamCut)
 
 
 logging.getLogger("uvicorn.error").addFilter(_QuietCuts())
