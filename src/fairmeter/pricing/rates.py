@@ -94,6 +94,10 @@ def rates_from_mapping(raw: Mapping[str, Any], source: str = "config") -> Rates:
         lc = raw["long_context"]
         if not isinstance(lc, Mapping) or "threshold_input_tokens" not in lc:
             raise ValueError("long_context needs threshold_input_tokens and rates")
+        for key in lc:
+            # A typo here would silently keep the base rate above the threshold.
+            if key != "threshold_input_tokens" and key not in TOKEN_RATE_KEYS and not key.startswith("cache_write_"):
+                raise ValueError(f"unknown long_context price key {key!r}")
         threshold = lc["threshold_input_tokens"]
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise ValueError("long_context.threshold_input_tokens must be a non-negative integer")
