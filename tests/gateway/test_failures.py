@@ -87,7 +87,8 @@ def test_overload_after_message_start_bills_what_was_delivered(gateway: Gw) -> N
         s.get_final_message()
     call = gateway.calls()[0]
     assert call["usage_status"] == "partial" and call["estimated"] is True
-    assert call["status"] == "upstream_cut"
+    # The SDK raises on the error event and hangs up; which side the gateway notices first is a race.
+    assert call["status"] in ("upstream_cut", "client_disconnected")
     assert Decimal(call["billed_usd"]) > 0
     assert gateway.store.key_spend(key_id)[0] == int(Decimal(call["billed_usd"]) * NANO_PER_USD)
 
