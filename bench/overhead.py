@@ -1,0 +1,391 @@
+"""What fairmeter costs on top of calling the provider directly (`make bench`).
+
+Starts the provider emulator and the gateway as separate processes and loads both with wrk in the
+same run: OpenAI chat completions (gpt-4o-mini) with a 1 KB prompt and ``max_tokens`` 500, plain and
+streamed (20 chunks), at concurrency 1 and 64. For each of the four points it prints the latency the
+gateway adds at p50 and p99, its throughput as a share of direct, and its CPU time per request;
+then the gateway's peak RSS and the time from spawning ``fairmeter serve`` to its first answered
+call. Every figure is a ratio or difference against the direct call measured in the same run, on
+the same machine; nothing is asserted on timings.
+
+Afterwards the ledger is checked: ``fairmeter verify`` must report balanced books, and the calls
+recorded must equal the requests wrk sent (completed, plus those in flight when wrk's timer
+stopped, which the gateway still settles). A failed check is the only non-zero exit.
+
+    python bench/overhead.py [--duration 6] [--warmup 2] [--with-bare] [--compare-clients] [--json OUT]
+
+``--with-bare`` also measures bench/bare_proxy.py (a pass-through proxy with no metering) in the
+same run; ``--compare-clients`` adds the bare proxy on httpx2 instead of aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from procs import BENCH, Server, WrkResult, ensure_wrk, fairmeter_cmd, free_port, machine, run_wrk
+
+UPSTREAM_KEY = "bench-upstream-key"
+STREAM_CHUNKS = 20
+PATH = "/v1/chat/completions"
+# A 1 KB (1,024-byte) user prompt of ordinary English text.
+PROMPT = (
+    "Summarise the following meeting notes for a busy engineering manager, keeping every decision, "
+    "owner and date, and flag anything that looks like a risk to the release. "
+) * 8
+PROMPT = PROMPT[:1024]
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One measured (target, concurrency, stream) combination."""
+
+    target: str  # direct | gateway | bare | bare-httpx
+    connections: int
+    stream: bool
+    wrk: WrkResult
+    cpu_ms_per_request: float | None
+
+
+def request_body(stream: bool) -> bytes:
+    body: dict[str, object] = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 500,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+def write_config(path: Path, db: Path, emulator_port: int) -> None:
+    path.write_text(
+        f'database_url = "sqlite:///{db}"\n'
+        "[upstreams.openai]\n"
+        f'base_url = "http://127.0.0.1:{emulator_port}/v1"\n'
+        'api_key_env = "BENCH_UPSTREAM_KEY"\n'
+        "[upstreams.anthropic]\n"
+        f'base_url = "http://127.0.0.1:{emulator_port}"\n'
+        'api_key_env = "BENCH_UPSTREAM_KEY"\n'
+    )
+
+
+def create_key(config: Path) -> str:
+    out = subprocess.run(
+        [*fairmeter_cmd(), "keys", "create", "--name", "bench", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return str(json.loads(out)["key"])
+
+
+def start_gateway(config: Path, port: int, log: Path, key: str) -> tuple[Server, float]:
+    """Spawn ``fairmeter serve`` and poll with a real chat completion until one is answered with 200."""
+    body = request_body(False)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + key}
+    t0 = time.perf_counter()
+    server = Server(
+        "gateway",
+        [*fairmeter_cmd(), "serve", "--config", str(config), "--port", str(port)],
+        port,
+        log,
+        {"BENCH_UPSTREAM_KEY": UPSTREAM_KEY},
+    )
+    deadline = t0 + 60
+    while time.perf_counter() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {server.proc.returncode}:\n{log.read_text()}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", PATH, body=body, headers=headers)
+            status = conn.getresponse().status
+        except OSError:
+            time.sleep(0.005)
+            continue
+        finally:
+            conn.close()
+        if status == 200:
+            return server, time.perf_counter() - t0
+        raise RuntimeError(f"the gateway answered the first call with {status}:\n{log.read_text()}")
+    raise RuntimeError("the gateway did not answer within 60 s")
+
+
+def measure(
+    target: str,
+    port: int,
+    proc: Server | None,
+    auth: str,
+    c: int,
+    stream: bool,
+    bodies: dict[bool, Path],
+    a: argparse.Namespace,
+) -> tuple[Point, int, int]:
+    """Warm up, then measure one point; returns it and the requests wrk sent and completed in both runs."""
+    url = f"http://127.0.0.1:{port}{PATH}"
+    chunks = STREAM_CHUNKS if stream else None
+    warm = run_wrk(url, c, a.warmup, bodies[stream], auth, chunks)
+    time.sleep(0.3)  # let calls still in flight from the warm-up settle before the CPU reading
+    before = proc.cpu_ms() if proc else 0.0
+    result = run_wrk(url, c, a.duration, bodies[stream], auth, chunks)
+    cpu = (proc.cpu_ms() - before) / result.requests if proc and result.requests else None
+    point = Point(target, c, stream, result, cpu)
+    print(
+        f"  {target:<10} c={c:<3} {'stream' if stream else 'plain ':<6} {result.rps:>9.0f} rps"
+        f"  p50 {result.p50_us / 1000:7.2f} ms  p99 {result.p99_us / 1000:7.2f} ms"
+        + (f"  cpu {cpu:.3f} ms/req" if cpu is not None else "")
+        + (f"  errors {result.errors}" if result.errors else ""),
+        flush=True,
+    )
+    return point, warm.issued + result.issued, warm.requests + result.requests
+
+
+def ledger_check(config: Path, db: Path, sent: int, completed: int) -> dict[str, object]:
+    """``fairmeter verify`` plus the call count against what wrk sent."""
+    verify = subprocess.run(
+        [*fairmeter_cmd(), "verify", "--config", str(config), "--json"], capture_output=True, text=True, check=False
+    )
+    report = json.loads(verify.stdout)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM calls GROUP BY status").fetchall())
+    recorded = sum(by_status.values())
+    return {
+        "verify": report,
+        "verify_exit": verify.returncode,
+        "calls_recorded": recorded,
+        "calls_by_status": by_status,
+        "requests_sent": sent,
+        "requests_completed": completed,
+        "ok": bool(report["balanced"]) and report["caps_ok"] and report["pending_calls"] == 0 and recorded == sent,
+    }
+
+
+def share(points: list[Point], target: str, c: int, stream: bool) -> tuple[Point, Point] | None:
+    direct = next((p for p in points if p.target == "direct" and p.connections == c and p.stream == stream), None)
+    other = next((p for p in points if p.target == target and p.connections == c and p.stream == stream), None)
+    return (direct, other) if direct and other else None
+
+
+def print_report(points: list[Point], targets: list[str]) -> list[dict[str, object]]:
+    """The comparison table and the targets; returns the table rows (for --json)."""
+    rows: list[dict[str, object]] = []
+    print()
+    print(
+        f"{'target':<11}{'conc':>5} {'stream':<7}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'+p50 ms':>9}{'+p99 ms':>9}{'of direct':>10}{'cpu ms/req':>11}"
+    )
+    for stream in (False, True):
+        for c in (1, 64):
+            for target in ["direct", *targets]:
+                pair = share(points, target, c, stream)
+                if pair is None:
+                    continue
+                d, p = pair
+                added50 = (p.wrk.p50_us - d.wrk.p50_us) / 1000
+                added99 = (p.wrk.p99_us - d.wrk.p99_us) / 1000
+                ratio = p.wrk.rps / d.wrk.rps
+                row = {
+                    "target": target,
+                    "connections": c,
+                    "stream": stream,
+                    "rps": round(p.wrk.rps, 1),
+                    "p50_ms": p.wrk.p50_us / 1000,
+                    "p99_ms": p.wrk.p99_us / 1000,
+                    "added_p50_ms": None if target == "direct" else round(added50, 3),
+                    "added_p99_ms": None if target == "direct" else round(added99, 3),
+                    "share_of_direct": None if target == "direct" else round(ratio, 4),
+                    "cpu_ms_per_request": None if p.cpu_ms_per_request is None else round(p.cpu_ms_per_request, 4),
+                    "requests": p.wrk.requests,
+                    "errors": p.wrk.errors,
+                }
+                rows.append(row)
+                cpu = "" if p.cpu_ms_per_request is None else f"{p.cpu_ms_per_request:.3f}"
+                deltas = "" if target == "direct" else f"{added50:9.2f}{added99:9.2f}{ratio * 100:9.1f}%"
+                if target == "direct":
+                    deltas = f"{'':9}{'':9}{'':10}"
+                print(
+                    f"{target:<11}{c:>5} {'yes' if stream else 'no':<7}{p.wrk.rps:>9.0f}"
+                    f"{p.wrk.p50_us / 1000:>9.2f}{p.wrk.p99_us / 1000:>9.2f}{deltas}{cpu:>11}"
+                )
+        print()
+    return rows
+
+
+def targets_report(rows: list[dict[str, object]], rss_mb: float, start_s: float) -> list[dict[str, object]]:
+    """Each of fairmeter's targets, met or not, from this run's figures."""
+
+    def get(c: int, stream: bool, field: str) -> float:
+        for r in rows:
+            if r["target"] == "gateway" and r["connections"] == c and r["stream"] == stream:
+                value = r[field]
+                assert isinstance(value, (int, float))
+                return float(value)
+        raise KeyError((c, stream, field))
+
+    cpu_plain = max(get(1, False, "cpu_ms_per_request"), get(64, False, "cpu_ms_per_request"))
+    checks: list[tuple[str, float, str, bool]] = [
+        (
+            "added p50, c=1, not streamed",
+            get(1, False, "added_p50_ms"),
+            "<= 0.5 ms",
+            get(1, False, "added_p50_ms") <= 0.5,
+        ),
+        ("added p50, c=1, streamed", get(1, True, "added_p50_ms"), "<= 1 ms", get(1, True, "added_p50_ms") <= 1.0),
+        (
+            "throughput share, c=64, not streamed",
+            get(64, False, "share_of_direct") * 100,
+            ">= 15 %",
+            get(64, False, "share_of_direct") >= 0.15,
+        ),
+        ("CPU per non-streamed request (worse of c=1, c=64)", cpu_plain, "<= 0.3 ms", cpu_plain <= 0.3),
+        ("peak RSS (VmHWM)", rss_mb, "<= 100 MB", rss_mb <= 100),
+        ("start to first answered call", start_s, "< 1 s", start_s < 1.0),
+    ]
+    print("targets")
+    out: list[dict[str, object]] = []
+    for name, value, goal, met in checks:
+        print(f"  {name:<50} {value:9.3f}  {goal:<10} {'met' if met else 'NOT MET'}")
+        out.append({"target": name, "value": round(value, 4), "goal": goal, "met": met})
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="fairmeter overhead benchmark (emulator direct vs through the gateway)")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds measured per point (default 6)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per point (default 2)")
+    p.add_argument("--with-bare", action="store_true", help="also measure bench/bare_proxy.py (aiohttp)")
+    p.add_argument("--compare-clients", action="store_true", help="also the bare proxy on httpx2 (implies --with-bare)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help="write every figure to this file")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
+    a = p.parse_args()
+    ensure_wrk()
+    info = machine()
+    print(
+        f"machine: nproc={info['nproc']}  cpu: {info['cpu']}  RAM {info['ram_gib']} GiB  kernel {info['kernel']}"
+        f"  python {info['python']}  {info['wrk']}  load average {info['loadavg_at_start']:.2f}",
+        flush=True,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="fairmeter-bench-"))
+    servers: list[Server] = []
+    try:
+        return run(a, info, tmp, servers)
+    finally:
+        for s in reversed(servers):
+            s.stop()
+        if a.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list[Server]) -> int:
+    bodies = {False: tmp / "plain.json", True: tmp / "stream.json"}
+    for stream, path in bodies.items():
+        path.write_bytes(request_body(stream))
+    emu_port = free_port()
+    emulator = Server(
+        "emulator", [*fairmeter_cmd(), "emulator", "--port", str(emu_port)], emu_port, tmp / "emulator.log"
+    )
+    servers.append(emulator)
+    emulator.wait_listening()
+
+    db, config = tmp / "fm.db", tmp / "fairmeter.toml"
+    write_config(config, db, emu_port)
+    key = create_key(config)
+    gw_port = free_port()
+    gateway, start_s = start_gateway(config, gw_port, tmp / "gateway.log", key)
+    servers.append(gateway)
+    mem_at_start = gateway.memory_kb()
+    print(f"gateway: first call answered {start_s * 1000:.0f} ms after spawning `fairmeter serve`", flush=True)
+
+    proxies: list[tuple[str, int, Server]] = [("gateway", gw_port, gateway)]
+    bare_clients = ["aiohttp", "httpx"] if a.compare_clients else (["aiohttp"] if a.with_bare else [])
+    for client in bare_clients:
+        port = free_port()
+        name = "bare" if client == "aiohttp" else "bare-httpx"
+        argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port)]
+        argv += ["--upstream", f"http://127.0.0.1:{emu_port}", "--client", client, "--api-key", UPSTREAM_KEY]
+        bare = Server(name, argv, port, tmp / f"{name}.log")
+        servers.append(bare)
+        bare.wait_listening()
+        proxies.append((name, port, bare))
+
+    points: list[Point] = []
+    sent_to_gateway, completed_by_gateway = 1, 1  # the start-up call
+    print(f"measuring: {a.warmup:g} s warm-up + {a.duration:g} s per point", flush=True)
+    for stream in (False, True):
+        for c in a.concurrency:
+            point, _, _ = measure("direct", emu_port, None, UPSTREAM_KEY, c, stream, bodies, a)
+            points.append(point)
+            for name, port, proc in proxies:
+                auth = key if name == "gateway" else "bench"
+                point, sent, completed = measure(name, port, proc, auth, c, stream, bodies, a)
+                points.append(point)
+                if name == "gateway":
+                    sent_to_gateway += sent
+                    completed_by_gateway += completed
+    mem = gateway.memory_kb()
+    rss_mb = mem["VmHWM"] / 1024
+    print(
+        f"gateway memory: peak RSS (VmHWM) {rss_mb:.1f} MB; RSS after start {mem_at_start['VmRSS'] / 1024:.1f} MB,"
+        f" now {mem['VmRSS'] / 1024:.1f} MB"
+    )
+    bare_mem = {name: proc.memory_kb()["VmHWM"] / 1024 for name, _, proc in proxies if name != "gateway"}
+    for name, value in bare_mem.items():
+        print(f"{name} memory: peak RSS (VmHWM) {value:.1f} MB")
+
+    time.sleep(0.5)  # calls in flight when the last wrk run stopped are settling
+    for s in servers:
+        s.stop()
+    rows = print_report(points, [name for name, _, _ in proxies])
+    checks = targets_report(rows, rss_mb, start_s)
+    ledger = ledger_check(config, db, sent_to_gateway, completed_by_gateway)
+    v = ledger["verify"]
+    assert isinstance(v, dict)
+    print()
+    print(
+        f"ledger: fairmeter verify → balanced={v['balanced']} caps_ok={v['caps_ok']} pending_calls={v['pending_calls']}"
+        f" problems={len(v['problems'])}"
+    )
+    print(
+        f"ledger: calls recorded {ledger['calls_recorded']} {ledger['calls_by_status']};"
+        f" requests sent by wrk (+1 start-up call) {ledger['requests_sent']},"
+        f" of which completed within wrk's timer {ledger['requests_completed']}"
+        f" (the rest were in flight when wrk stopped; the gateway settled them)"
+    )
+    print(f"ledger check: {'PASS' if ledger['ok'] else 'FAIL'}")
+    if a.json:
+        a.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "duration_s": a.duration,
+                    "warmup_s": a.warmup,
+                    "start_to_first_call_s": round(start_s, 4),
+                    "gateway_peak_rss_mb": round(rss_mb, 1),
+                    "bare_peak_rss_mb": {k: round(v2, 1) for k, v2 in bare_mem.items()},
+                    "rows": rows,
+                    "points": [asdict(pt) for pt in points],
+                    "targets": checks,
+                    "ledger": ledger,
+                    "loadavg_at_end": os.getloadavg()[0],
+                },
+                indent=2,
+            )
+        )
+    return 0 if ledger["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
