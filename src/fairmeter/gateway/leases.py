@@ -65,6 +65,7 @@ class LeaseKeeper:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self.state.store.start_checkpointer()
         expire_lapsed(self.state)
         self._tasks = [asyncio.create_task(self._renew()), asyncio.create_task(self._expire())]
 

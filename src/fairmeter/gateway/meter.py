@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from decimal import Decimal
+
+import orjson
 
 from fairmeter.catalog import Catalog
 from fairmeter.config import Config
@@ -84,21 +85,19 @@ class Meter:
 
     def bill(self, quote: Quote, report: UsageReport) -> Bill:
         """Exact cost of the reported usage, and the billed amount (with an estimate when cut)."""
-        rates = quote.rates
-        cost: Decimal | None = None
-        if report.usage is not None and report.status is not UsageStatus.ERROR:
-            cost = price_usage(report.usage, rates).total
         if report.status is UsageStatus.ERROR:
-            return Bill("0", 0, False, _usage_json(Usage()), "{}")
+            return Bill("0", 0, False, _ZERO_USAGE_JSON, "{}")
+        rates = quote.rates
+        cost = None if report.usage is None else price_usage(report.usage, rates)
         usage, estimated = billed_usage(report, quote.bound)
-        billed_price = price_usage(usage, rates)
+        billed_price = cost if cost is not None and usage is report.usage else price_usage(usage, rates)
         breakdown = {line.token_class: decimal_str(line.cost) for line in billed_price.lines}
         return Bill(
-            cost_usd=None if cost is None else decimal_str(cost),
+            cost_usd=None if cost is None else decimal_str(cost.total),
             billed=to_nano(billed_price.total),
             estimated=estimated,
             usage_json=None if report.usage is None else _usage_json(report.usage),
-            breakdown_json=json.dumps(breakdown),
+            breakdown_json=orjson.dumps(breakdown).decode(),
         )
 
     def _rates_json(self, rates: Rates) -> str:
@@ -110,7 +109,7 @@ class Meter:
 
 
 def _usage_json(u: Usage) -> str:
-    return json.dumps(
+    return orjson.dumps(
         {
             "input_tokens": u.input_tokens,
             "uncached_input_tokens": u.uncached_input_tokens,
@@ -124,7 +123,10 @@ def _usage_json(u: Usage) -> str:
             "input_audio_tokens": u.input_audio_tokens,
             "output_audio_tokens": u.output_audio_tokens,
         }
-    )
+    ).decode()
+
+
+_ZERO_USAGE_JSON = _usage_json(Usage())
 
 
 def budget_message(cap: Nano, spent: Nano, held: Nano, amount: Nano) -> str:

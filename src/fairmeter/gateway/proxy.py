@@ -181,7 +181,9 @@ async def _forward(
         obj["stream_options"] = {**options, "include_usage": True}
     body = orjson.dumps(obj)
     headers["content-type"] = "application/json"
-    await state.committer.run(lambda: state.store.mark_forwarded(start.id))
+    # Recorded with the next group commit, not waited for: the request leaves now. If this process
+    # dies before that commit, the lapsed hold is taken as never forwarded and voided.
+    state.committer.submit(lambda: state.store.mark_forwarded(start.id))
     try:
         resp = await state.upstream.send("POST", upstream, scope["path"], headers, body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -2,8 +2,9 @@
 
 An operation is queued and a flush is scheduled with ``loop.call_soon``: when the loop is idle the
 flush runs on its very next iteration (no timer), and every operation queued meanwhile by other
-requests joins the same transaction. Each operation runs inside its own SAVEPOINT, so a failing
-one is rolled back alone and reports its exception to its own caller.
+requests joins the same transaction. Operations report outcomes as result codes, so they do not
+raise in normal use; if one does, the batch is rolled back and its operations are run one by one,
+so only the failing one reports an error.
 """
 
 from __future__ import annotations
@@ -39,44 +40,27 @@ class GroupCommitter:
             loop.call_soon(self._flush)
         return fut
 
+    def submit(self, op: Callable[[], Any]) -> None:
+        """Queue ``op`` without waiting for its commit (it joins the next batch); failures are logged."""
+        self.run(op).add_done_callback(_log_failure)
+
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._queue = self._queue, []
         if not batch:
             return
-        db = self.store.db
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
-            db.execute("BEGIN IMMEDIATE")
-            single = len(batch) == 1
+            results = self._run_batch(batch)
+        except Exception:
+            # One operation failed (they return result codes, so this is a bug or a database error):
+            # the batch was rolled back; run each operation alone so only the failing one fails.
+            log.exception("group commit of %d operations failed; retrying them one by one", len(batch))
+            results = []
             for op, fut in batch:
-                if single:
-                    try:
-                        results.append((fut, True, op()))
-                    except Exception as exc:
-                        db.execute("ROLLBACK")
-                        db.execute("BEGIN IMMEDIATE")
-                        results.append((fut, False, exc))
-                    continue
-                db.execute("SAVEPOINT op")
                 try:
-                    value = op()
+                    results.extend(self._run_batch([(op, fut)]))
                 except Exception as exc:
-                    db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
                     results.append((fut, False, exc))
-                else:
-                    db.execute("RELEASE op")
-                    results.append((fut, True, value))
-            db.execute("COMMIT")
-        except Exception as exc:  # the commit itself failed: nothing in this batch is durable
-            log.exception("group commit failed")
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
         self.batches += 1
         self.operations += len(batch)
         for fut, ok, value in results:
@@ -86,3 +70,23 @@ class GroupCommitter:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    def _run_batch(
+        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        """All operations in one transaction; on any exception the whole transaction is rolled back."""
+        db = self.store.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = [(fut, True, op()) for op, fut in batch]
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return results
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("a background store operation failed", exc_info=fut.exception())

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,7 @@ from fairmeter.store.migrations import apply_migrations
 from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse
 
 KEY_PREFIX = "fm-"
+log = logging.getLogger("fairmeter.store")
 
 
 def hash_key(key: str) -> str:
@@ -52,6 +55,9 @@ class SQLiteStore:
 
     def __init__(self, database_url: str, now: float, provider_accounts: tuple[str, ...] = ()) -> None:
         path = sqlite_path(database_url)
+        self.path = path
+        self._checkpointer: threading.Thread | None = None
+        self._stop = threading.Event()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -62,7 +68,40 @@ class SQLiteStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         apply_migrations(self.db, now)
 
+    def start_checkpointer(self, interval_s: float = 0.5) -> None:
+        """Move WAL checkpoints off the caller's thread.
+
+        SQLite's automatic checkpoint runs inside a COMMIT, on the event loop, and fsyncs: a stall of
+        milliseconds every few dozen calls. The gateway turns it off and checkpoints from a thread with
+        its own connection instead (PASSIVE: it never blocks writers).
+        """
+        if self._checkpointer is not None or self.path == ":memory:":
+            return
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self._stop.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(interval_s,), name="fairmeter-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self, interval_s: float) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        try:
+            while not self._stop.wait(interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    log.exception("WAL checkpoint failed")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._stop.set()
+            self._checkpointer.join(timeout=10)
+            self._checkpointer = None
         self.db.close()
 
     @contextmanager
@@ -161,11 +200,12 @@ class SQLiteStore:
                     (call.key_id, call.idempotency_key, call.id),
                 )
             return HoldOutcome("refused", refused=refused)
-        db.execute("INSERT INTO accounts (id) VALUES (?) ON CONFLICT (id) DO NOTHING", (provider_account,))
-        db.execute(
+        credited = db.execute(
             "UPDATE accounts SET credits_pending = credits_pending + ? WHERE id = ?",
             (call.reserved, provider_account),
-        )
+        ).rowcount
+        if not credited:  # first call to this provider
+            db.execute("INSERT INTO accounts (id, credits_pending) VALUES (?, ?)", (provider_account, call.reserved))
         hold = db.execute(
             "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)"
             " VALUES (?, 'hold', ?, ?, ?, 'pending', ?)",
@@ -213,20 +253,30 @@ class SQLiteStore:
         """Resolve a pending hold: post ``end.billed`` and release the rest, or void it (cost 0).
 
         ``expired`` marks a resolution by lease lapse (transfer kind ``expire``). Returns the overrun
-        posted (0 normally). A call that is no longer pending is left as it is.
+        posted (0 normally). A call that is no longer pending is left as it is (a guarded UPDATE, so
+        two resolutions of one call can never both apply).
         """
         db = self.db
+        actual = 0 if void else end.billed
         row = db.execute(
-            "SELECT c.key_id, c.hold_id, c.idempotency_key, t.amount, t.debit_account, t.credit_account"
-            " FROM calls c JOIN transfers t ON t.id = c.hold_id WHERE c.id = ? AND c.status = 'pending'",
-            (call_id,),
-        ).fetchone()
+            "UPDATE calls SET status = ?1, upstream_status = ?2, usage_status = ?3, usage_json = ?4, cost_usd = ?5,"
+            " billed_nano = ?6, estimated = ?7, breakdown_json = ?8, ended_at = ?9, message = ?10,"
+            " overrun_nano = MAX(0, ?6 - reserved_nano),"
+            " needs_reconciliation = (?11 OR ?6 > reserved_nano), lease_expires_at = NULL"
+            " WHERE id = ?12 AND status = 'pending'"
+            " RETURNING key_id, provider, hold_id, reserved_nano, idempotency_key",
+            (
+                end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
+                int(end.estimated), end.breakdown_json, end.ended_at, end.message, int(needs_reconciliation),
+                call_id,
+            ),
+        ).fetchone()  # fmt: skip
         if row is None:
             return 0
-        held, debit, credit, hold_id = row["amount"], row["debit_account"], row["credit_account"], row["hold_id"]
-        voided = void
-        split = settlement_for(held, 0 if voided else end.billed)
-        if voided:
+        held, hold_id = row["reserved_nano"], row["hold_id"]
+        debit, credit = f"key:{row['key_id']}", f"provider:{row['provider']}"
+        split = settlement_for(held, actual)
+        if void:
             state, kind = TransferState.VOIDED, TransferKind.VOID
         elif expired:
             state, kind = TransferState.EXPIRED, TransferKind.EXPIRE
@@ -246,31 +296,20 @@ class SQLiteStore:
             )
         db.execute(
             "UPDATE accounts SET debits_pending = debits_pending - ?, debits_posted = debits_posted + ? WHERE id = ?",
-            (held, split.posted + split.overrun, debit),
+            (held, actual, debit),
         )
         db.execute(
             "UPDATE accounts SET credits_pending = credits_pending - ?, credits_posted = credits_posted + ?"
             " WHERE id = ?",
-            (held, split.posted + split.overrun, credit),
+            (held, actual, credit),
         )
-        db.execute(
-            "UPDATE calls SET status = ?, upstream_status = ?, usage_status = ?, usage_json = ?, cost_usd = ?,"
-            " billed_nano = ?, estimated = ?, breakdown_json = ?, ended_at = ?, message = ?,"
-            " overrun_nano = ?, needs_reconciliation = ?, lease_expires_at = NULL WHERE id = ?",
-            (
-                end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd,
-                split.posted + split.overrun,
-                int(end.estimated), end.breakdown_json, end.ended_at, end.message, split.overrun,
-                int(needs_reconciliation or split.overrun > 0), call_id,
-            ),
-        )  # fmt: skip
         if row["idempotency_key"] is not None:
-            idem_state = "voided" if voided else "settled"
+            idem_state = "voided" if void else "settled"
             db.execute(
                 "UPDATE idempotency SET state = ? WHERE key_id = ? AND idem_key = ? AND call_id = ?",
                 (idem_state, row["key_id"], row["idempotency_key"], call_id),
             )
-            if end.stored_response is not None and not voided:
+            if end.stored_response is not None and not void:
                 sr = end.stored_response
                 db.execute(
                     "INSERT OR REPLACE INTO stored_responses (call_id, status, headers_json, body, stream)"

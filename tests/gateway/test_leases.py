@@ -1,0 +1,170 @@
+"""Leases: a hold whose gateway process died is resolved by the rules, at start and periodically."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+from tests.conftest import UPSTREAM_KEY, gateway_config
+
+from fairmeter.config import Config
+from fairmeter.gateway.server import GatewayServer
+from fairmeter.store.records import CallStart
+from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.testing import EmulatorServer
+from fairmeter.verify import verify_store
+
+
+def _orphan_hold(store: SQLiteStore, key_account: str, key_id: str, call_id: str, forwarded: bool) -> None:
+    now = time.time()
+    start = CallStart(
+        call_id, key_id, "openai", "chat", "gpt-4o-mini", True, 50_000, 7_000, None, None, None,
+        now - 3600, "gw_dead", now - 60,
+    )  # fmt: skip
+    with store.transaction():
+        assert store.begin_call(start, key_account, "provider:openai", 86400).kind == "held"
+        if forwarded:
+            store.mark_forwarded(call_id)
+
+
+def test_lapsed_holds_are_resolved_at_start(emulator: EmulatorServer, tmp_path: Path) -> None:
+    config = gateway_config(emulator, tmp_path / "fm.db")
+    store = SQLiteStore(config.database_url, time.time())
+    with store.transaction():
+        key, _ = store.create_key("k", 10**9, False, time.time())
+    _orphan_hold(store, key.account, key.id, "call_never_forwarded", forwarded=False)
+    _orphan_hold(store, key.account, key.id, "call_forwarded", forwarded=True)
+    assert store.key_spend(key.id) == (0, 100_000)
+    store.close()
+    with GatewayServer(config) as gw:
+        rows = {r["id"]: r for r in gw.state.store.list_calls(None, 10, None, None, None, None)}
+        voided, settled = rows["call_never_forwarded"], rows["call_forwarded"]
+        assert voided["billed_nano"] == 0 and voided["usage_status"] == "error"
+        assert not voided["needs_reconciliation"]
+        assert settled["billed_nano"] == 7_000 and settled["usage_status"] == "unknown"
+        assert settled["needs_reconciliation"] and settled["estimated"]
+        assert gw.state.store.key_spend(key.id) == (7_000, 0)
+        result = verify_store(gw.state.store)
+        assert result["balanced"] and result["caps_ok"] and result["pending_calls"] == 0
+        assert [p["call_id"] for p in result["problems"]] == ["call_forwarded"]
+        assert result["problems"][0]["kind"] == "needs_reconciliation"
+
+
+def test_lapsed_holds_are_resolved_periodically(emulator: EmulatorServer, tmp_path: Path) -> None:
+    config = gateway_config(emulator, tmp_path / "fm.db", expiry_interval_s=0.1)
+    with GatewayServer(config) as gw:
+        store = gw.state.store
+        with store.transaction():
+            key, _ = store.create_key("k", None, False, time.time())
+        key_id = key.id
+        _orphan_hold(store, key.account, key_id, "call_late", forwarded=True)
+        deadline = time.monotonic() + 5
+        while store.key_spend(key_id)[1] != 0:
+            assert time.monotonic() < deadline, "the periodic expiry did not run"
+            time.sleep(0.05)
+        assert store.key_spend(key_id) == (7_000, 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_kill_9_mid_stream_then_a_new_gateway_settles_the_hold_once(emulator: EmulatorServer, tmp_path: Path) -> None:
+    """A real `fairmeter serve` process is killed mid-stream; its lease lapses; the next one resolves it."""
+    toml = tmp_path / "fm.toml"
+    toml.write_text(
+        f'database_url = "sqlite:///{tmp_path / "fm.db"}"\n'
+        "upstream_timeout_s = 1\nlease_margin_s = 1\nexpiry_interval_s = 0.2\n"
+        f'[upstreams.anthropic]\nbase_url = "{emulator.origin}"\napi_key_env = "FM_UP"\n'
+    )
+    exe = str(Path(sys.executable).parent / "fairmeter")
+    made = subprocess.run(
+        [exe, "keys", "create", "--name", "k", "--max-spend-usd", "1", "--json", "--config", str(toml)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    secret = json.loads(made.stdout)["key"]
+    port = _free_port()
+    env = {**os.environ, "FM_UP": UPSTREAM_KEY}
+    proc = subprocess.Popen([exe, "serve", "--config", str(toml), "--port", str(port)], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        body = json.dumps(
+            {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 300,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+        ).encode()
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {secret}\r\ncontent-type: application/json\r\n"
+            f"x-emulator-chunks: 200\r\nx-emulator-chunk-delay-ms: 50\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        got = b""
+        while got.count(b"content_block_delta") < 2:
+            got += sock.recv(65536)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        sock.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'fm.db'}", time.time())
+    pending = store.db.execute("SELECT id, forwarded FROM calls WHERE status = 'pending'").fetchall()
+    assert len(pending) == 1 and pending[0]["forwarded"] == 1
+    store.close()
+    time.sleep(2.2)  # let the dead process's lease lapse (upstream_timeout_s + lease_margin_s)
+    from fairmeter.config import load_config
+
+    config: Config = load_config(str(toml), {"FM_UP": UPSTREAM_KEY}, tmp_path)
+    with GatewayServer(config) as gw:
+        call = gw.state.store.get_call(pending[0]["id"])
+        assert call is not None and call["status"] != "pending"
+        assert call["needs_reconciliation"] == 1 and call["usage_status"] == "unknown"
+        transfers = [t for t in gw.state.store.transfers() if t.call_id == pending[0]["id"]]
+        assert [t.kind.value for t in transfers] == ["hold", "expire"]
+        result = verify_store(gw.state.store)
+        assert result["balanced"] and result["caps_ok"] and result["pending_calls"] == 0
+        assert Decimal(gw.state.store.key_spend(call["key_id"])[0]) == call["billed_nano"]
+
+
+def test_upstream_timeout_is_configurable_and_flags_the_call(emulator: EmulatorServer, tmp_path: Path) -> None:
+    import openai
+
+    config = gateway_config(emulator, tmp_path / "fm.db", upstream_timeout_s=0.3)
+    with GatewayServer(config) as gw:
+        with gw.state.store.transaction():
+            key, secret = gw.state.store.create_key("k", None, False, time.time())
+        with openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=0) as client:
+            try:
+                client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=20,
+                    extra_headers={"x-emulator-latency-ms": "1500"},
+                )
+                raise AssertionError("expected a 504")
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 504
+                call_id = exc.response.headers["fairmeter-call-id"]
+        row = gw.state.store.get_call(call_id)
+        assert row is not None and row["status"] == "upstream_error" and row["usage_status"] == "unknown"
+        assert row["needs_reconciliation"] == 1 and row["estimated"] == 1
+        assert gw.state.store.key_spend(key.id) == (row["billed_nano"], 0)
