@@ -390,20 +390,11 @@ def test_a_missing_config_file_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "nope.toml" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py parser(): `calls list --status` is not checked against gateway.api.CALL_STATUSES, so a typo "
-    "prints an empty list and exits 0 (the HTTP API refuses the same filter with 400)",
-)
 def test_calls_list_refuses_an_unknown_status(tmp_path: Path) -> None:
     proc = run("calls", "list", "--status", "exploded", "--database-url", f"sqlite:///{tmp_path}/c.db", cwd=tmp_path)
     assert proc.returncode == 2 and "exploded" in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py parser(): `calls list --limit` accepts 0 and negatives; SQLite's LIMIT -1 then lists every call",
-)
 @pytest.mark.parametrize("limit", ["0", "-1"])
 def test_calls_list_refuses_a_non_positive_limit(
     gateway: Gw, db_url: str, tmp_path: Path, clients: list[openai.OpenAI], limit: str
@@ -412,3 +403,11 @@ def test_calls_list_refuses_a_non_positive_limit(
     chat(gateway, made["key"], clients)
     proc = run("calls", "list", "--json", f"--limit={limit}", "--database-url", db_url, cwd=tmp_path)
     assert proc.returncode == 2 and "--limit" in proc.stderr
+
+
+def test_read_commands_refuse_a_database_that_does_not_exist(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/typo.db"
+    for argv in (["verify"], ["calls", "list"], ["keys", "list"], ["keys", "revoke", "key_x"]):
+        proc = run(*argv, "--database-url", url, cwd=tmp_path)
+        assert proc.returncode == 2 and "no fairmeter database" in proc.stderr, argv
+    assert not (tmp_path / "typo.db").exists()

@@ -14,8 +14,8 @@ from fairmeter.clock import SystemClock
 from fairmeter.config import Config, load_config, max_spend_from_cli
 from fairmeter.errors import ConfigError
 from fairmeter.money import usd_str
-from fairmeter.store.records import call_json, iso
-from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso
+from fairmeter.store.sqlite import SQLiteStore, sqlite_path
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:
@@ -27,9 +27,23 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, os.environ, Path.cwd(), args.database_url)
 
 
-def _store(config: Config) -> SQLiteStore:
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_LIST_LIMIT}, got {text!r}") from None
+    if not 1 <= value <= MAX_LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LIST_LIMIT}, got {value}")
+    return value
+
+
+def _store(config: Config, create: bool = False) -> SQLiteStore:
+    """Open the database; commands that only read or change existing records refuse to create one."""
     if not config.database_url.startswith("sqlite:///"):
         raise ConfigError(f"unsupported database_url {config.database_url!r}: this version supports sqlite:///PATH")
+    path = sqlite_path(config.database_url)
+    if not create and path != ":memory:" and not Path(path).exists():
+        raise ConfigError(f"no fairmeter database at {path} (check --database-url / database_url)")
     return SQLiteStore(config.database_url, SystemClock().now())
 
 
@@ -62,7 +76,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     config = _config(args)
-    store = _store(config)
+    store = _store(config, create=args.keys_cmd == "create")
     now = SystemClock().now()
     if args.keys_cmd == "create":
         cap = max_spend_from_cli(args.max_spend_usd)
@@ -201,8 +215,8 @@ def parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="calls_cmd", required=True)
     cl = csub.add_parser("list")
     _db_args(cl)
-    cl.add_argument("--limit", type=int, default=50)
-    cl.add_argument("--status")
+    cl.add_argument("--limit", type=_limit, default=50, help=f"1 to {MAX_LIST_LIMIT} (default 50)")
+    cl.add_argument("--status", choices=CALL_STATUSES)
     cl.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_calls)
 

@@ -786,14 +786,6 @@ def test_sdk_sees_409_as_conflict(gateway: Gw, sdk: Sdk) -> None:
 # ---------------------------------------------------------------------------------------------- truncated body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway/proxy.py metered_call: asgi.read_body raises ConnectionResetError when the client leaves "
-        "mid-body; it is not a FairmeterError, so it escapes to uvicorn ('Exception in ASGI application') "
-        "and no call record is written"
-    ),
-)
 @pytest.mark.parametrize("route", ROUTES)
 def test_client_leaving_mid_body_leaves_one_call_record(gateway: Gw, emulator: EmulatorServer, route: str) -> None:
     key_id, secret = gateway.key()

@@ -152,18 +152,22 @@ def test_upstream_timeout_is_configurable_and_flags_the_call(emulator: EmulatorS
     with GatewayServer(config) as gw:
         with gw.state.store.transaction():
             key, secret = gw.state.store.create_key("k", None, False, time.time())
+        headers = {"x-emulator-latency-ms": "1500", "Idempotency-Key": "t-1", "x-emulator-tag": "timeout"}
         with openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=0) as client:
-            try:
-                client.chat.completions.create(
-                    model="gpt-4o-mini",
-                    messages=[{"role": "user", "content": "hi"}],
-                    max_tokens=20,
-                    extra_headers={"x-emulator-latency-ms": "1500"},
-                )
-                raise AssertionError("expected a 504")
-            except openai.APIStatusError as exc:
-                assert exc.status_code == 504
-                call_id = exc.response.headers["fairmeter-call-id"]
+            replies = []
+            for _ in range(2):  # the second, with the same key, gets the same answer, not a 409
+                try:
+                    client.chat.completions.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20,
+                        extra_headers=headers,
+                    )  # fmt: skip
+                    raise AssertionError("expected a 504")
+                except openai.APIStatusError as exc:
+                    replies.append(exc)
+            assert [r.status_code for r in replies] == [504, 504]
+            call_id = replies[0].response.headers["fairmeter-call-id"]
+            assert replies[1].response.headers["fairmeter-replay-of"] == call_id
+            assert emulator.stats()["tags"]["timeout"]["requests"] == 1
         row = gw.state.store.get_call(call_id)
         assert row is not None and row["status"] == "upstream_error" and row["usage_status"] == "unknown"
         assert row["needs_reconciliation"] == 1 and row["estimated"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from datetime import datetime
 from urllib.parse import parse_qs
 
@@ -12,21 +13,20 @@ from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
 from fairmeter.gateway.asgi import Scope, Send, send_whole
 from fairmeter.gateway.errors import render
 from fairmeter.gateway.state import GatewayState
-from fairmeter.store.records import call_json
-
-CALL_STATUSES = ("ok", "upstream_error", "refused", "bad_request", "client_disconnected", "upstream_cut", "pending")
-MAX_LIMIT = 1000
+from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json
 
 
 def _time_param(value: str, name: str) -> float:
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an ISO-8601 time or epoch seconds, got {value!r}.", param=name) from None
+        try:
+            seconds = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            seconds = math.nan
+    if not math.isfinite(seconds):
+        raise InvalidRequest(f"{name} must be an ISO-8601 time or epoch seconds, got {value!r}.", param=name)
+    return seconds
 
 
 def _cursor(token: str) -> tuple[float, str]:
@@ -66,8 +66,8 @@ def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
         limit = int(q.get("limit", "100"))
     except ValueError:
         raise InvalidRequest("limit must be an integer from 1 to 1000.", param="limit") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequest(f"limit must be from 1 to {MAX_LIMIT}, got {limit}.", param="limit")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRequest(f"limit must be from 1 to {MAX_LIST_LIMIT}, got {limit}.", param="limit")
     status = q.get("status")
     if status is not None and status not in CALL_STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(CALL_STATUSES)}.", param="status")

@@ -9,7 +9,7 @@ import orjson
 
 from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
 from fairmeter.gateway.api import handle_api
-from fairmeter.gateway.asgi import Receive, Scope, Send, read_body, send_whole
+from fairmeter.gateway.asgi import ClientGone, Receive, Scope, Send, read_body, send_whole
 from fairmeter.gateway.errors import error_body, error_headers, render
 from fairmeter.gateway.leases import LeaseKeeper
 from fairmeter.gateway.proxy import Route, metered_call
@@ -81,6 +81,8 @@ class Gateway:
         except FairmeterError as exc:
             status, headers, err = render(provider, call_id, exc)
             await send_whole(send, status, headers, err)
+            return
+        except ClientGone:
             return
         upstream = state.config.upstreams[provider]
         fwd = state.upstream.forward_headers(scope["headers"], upstream)

@@ -14,6 +14,10 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its request body arrived in full."""
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope["headers"]:
         if k == name:
@@ -38,7 +42,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ConnectionResetError("client disconnected while sending the request")
+            raise ClientGone("the client closed its connection before sending the whole request body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from fairmeter.errors import BudgetExceeded, FairmeterError, IdempotencyKeyInUse, InvalidRequest
-from fairmeter.gateway.asgi import Headers, Receive, Scope, Send, header, read_body, send_whole
+from fairmeter.gateway.asgi import ClientGone, Headers, Receive, Scope, Send, header, read_body, send_whole
 from fairmeter.gateway.errors import error_body, error_headers, render
 from fairmeter.gateway.meter import Quote, budget_message
 from fairmeter.gateway.state import GatewayState
@@ -71,6 +71,13 @@ async def metered_call(state: GatewayState, route: Route, scope: Scope, receive:
     except FairmeterError as exc:
         start = _start(state, route, call_id, key_id, parsed, None, idem, started)
         await _refuse(state, route, start, exc, send)
+        return
+    except ClientGone as gone:  # nobody to answer; the record still says what happened
+        start = _start(state, route, call_id, key_id, None, None, None, started)
+        now, why = state.clock.now(), str(gone)
+        await state.committer.run(
+            lambda: state.store.record_refusal(start, "client_disconnected", "client_disconnected", why, now)
+        )
         return
     start = _start(state, route, call_id, key_id, parsed, quote, idem, started)
     outcome = await state.committer.run(
@@ -203,19 +210,22 @@ async def _forward(
 async def _upstream_failed(
     state: GatewayState, route: Route, start: CallStart, quote: Quote, exc: BaseException, send: Send
 ) -> None:
-    timed_out = isinstance(exc, TimeoutError)
-    if timed_out:
+    if isinstance(exc, TimeoutError):
         # The request reached the provider, which may bill it: settle at the prompt estimate and flag.
         msg = f"The upstream did not answer within {state.config.upstream_timeout_s:g} s."
-        report = UsageReport(UsageStatus.UNKNOWN)
-        await _settle(state, start, quote, report, "upstream_error", None, msg, None, reconcile=True)
-        status, code = 504, "upstream_timeout"
+        status, code, report = 504, "upstream_timeout", UsageReport(UsageStatus.UNKNOWN)
     else:
         msg = f"The upstream could not be reached: {type(exc).__name__}: {exc}."
-        await _settle(state, start, quote, UsageReport(UsageStatus.ERROR), "upstream_error", None, msg, None)
-        status, code = 502, "upstream_unreachable"
+        status, code, report = 502, "upstream_unreachable", UsageReport(UsageStatus.ERROR)
     body = error_body(route.provider, status, code, msg)
-    await send_whole(send, status, error_headers(start.id, False, len(body)), body)
+    headers = error_headers(start.id, False, len(body))
+    # A settled call's answer is kept for its idempotency key, so a retry gets the same answer, not a 409.
+    stored = None
+    if start.idempotency_key is not None and report.status is not UsageStatus.ERROR:
+        stored = StoredResponse(status, [(k.decode(), v.decode()) for k, v in headers], body, False)
+    reconcile = report.status is UsageStatus.UNKNOWN
+    await _settle(state, start, quote, report, "upstream_error", None, msg, stored, reconcile=reconcile)
+    await send_whole(send, status, headers, body)
 
 
 async def _relay_body(

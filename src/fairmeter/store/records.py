@@ -84,6 +84,9 @@ class HoldOutcome:
     stored: StoredResponse | None = None
 
 
+CALL_STATUSES = ("ok", "upstream_error", "refused", "bad_request", "client_disconnected", "upstream_cut", "pending")
+MAX_LIST_LIMIT = 1000
+
 USAGE_FIELDS = (
     "input_tokens",
     "uncached_input_tokens",

@@ -156,7 +156,7 @@ class SQLiteStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, 'error', NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), status,
-                call.reserved, call.idempotency_key, code, message, call.started_at, ended_at,
+                0, call.idempotency_key, code, message, call.started_at, ended_at,
                 call.prices_json, call.price_source,
             ),
         )  # fmt: skip
