@@ -16,6 +16,7 @@ from fairmeter.errors import ConfigError
 from fairmeter.money import usd_str
 from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso
 from fairmeter.store.sqlite import SQLiteStore, sqlite_path
+from fairmeter.tables import print_calls
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:
@@ -137,25 +138,6 @@ def cmd_calls(args: argparse.Namespace) -> int:
         return 0
     print_calls(rows)
     return 0
-
-
-def print_calls(rows: list[dict[str, object]]) -> None:
-    """A table of call records, newest first."""
-    print(
-        f"{'call':<30} {'model':<20} {'stream':<6} {'status':<19} {'usage':<8} {'in':>6} {'cached':>6} "
-        f"{'out':>6} {'billed USD':>12}  note"
-    )
-    for r in rows:
-        note = r.get("message") or r.get("error_code") or ""
-        print(
-            f"{r['id']!s:<30} {str(r['model'] or '-')[:20]:<20} {'yes' if r['stream'] else 'no':<6} "
-            f"{r['status']!s:<19} {r['usage_status'] or '-'!s:<8} {_n(r['input_tokens']):>6} "
-            f"{_n(r['cache_read_tokens']):>6} {_n(r['output_tokens']):>6} {r['billed_usd']!s:>12}  {note}"
-        )
-
-
-def _n(v: object) -> str:
-    return "-" if v is None else str(v)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

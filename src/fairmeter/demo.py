@@ -9,6 +9,7 @@ from typing import Any
 
 from fairmeter.config import parse_config
 from fairmeter.money import NANO_PER_USD, usd_str
+from fairmeter.tables import print_calls
 
 DEMO_CAP_NANO = 5 * NANO_PER_USD // 100  # $0.05
 UPSTREAM_KEY_ENV = "FAIRMETER_DEMO_UPSTREAM_KEY"
@@ -19,7 +20,6 @@ def run_demo(base: Path) -> int:
     import anthropic
     import openai
 
-    from fairmeter.cli import print_calls
     from fairmeter.gateway.server import GatewayServer
     from fairmeter.testing import EmulatorServer
     from fairmeter.verify import verify_store

@@ -9,21 +9,13 @@ expensive output-side rate, and adds each server tool's maximum uses × its fee.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 
 from fairmeter.pricing.price import MILLION, THOUSAND, effective_table, rate_for
 from fairmeter.pricing.rates import Rates
+from fairmeter.usage.model import RequestBound
 
-
-@dataclass(frozen=True, slots=True)
-class RequestBound:
-    """Upper bounds read from a request before it is forwarded."""
-
-    max_input_tokens: int
-    max_output_tokens: int
-    max_web_searches: int = 0
-    prompt_text_bytes: int = 0  # UTF-8 bytes of the visible prompt text, for estimates
+__all__ = ["RequestBound", "worst_case"]
 
 
 def _input_classes(table_keys: set[str]) -> list[str]:

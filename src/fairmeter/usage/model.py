@@ -69,3 +69,13 @@ class UsageReport:
     response_model: str | None = None
     error_type: str | None = None
     notes: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBound:
+    """Upper bounds read from a request before it is forwarded (see docs/bounds.md)."""
+
+    max_input_tokens: int
+    max_output_tokens: int
+    max_web_searches: int = 0
+    prompt_text_bytes: int = 0  # UTF-8 bytes of the visible prompt text, for estimates

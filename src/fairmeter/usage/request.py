@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fairmeter.errors import InvalidRequest
-from fairmeter.pricing.worst import RequestBound
+from fairmeter.usage.model import RequestBound
 
 # Fixed overheads, in tokens. docs/bounds.md explains each and why it is generous.
 REQUEST_OVERHEAD_TOKENS = 256  # start/end-of-turn framing, hidden date/system lines some models add
