@@ -11,6 +11,7 @@ import pytest
 
 from fairmeter.config import Config, parse_config
 from fairmeter.gateway.server import GatewayServer
+from fairmeter.store.sqlite import SQLiteStore
 from fairmeter.testing import EmulatorServer
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"
@@ -41,12 +42,15 @@ class Gw:
         self.server = server
         self.origin = server.origin
         self.openai_base_url = server.openai_base_url
-        self.store = server.state.store
+        # The tests' own connection: the gateway's is used by its event-loop thread, and sharing it
+        # would let a test read a transaction the gateway has not committed yet.
+        self.store = SQLiteStore(server.state.config.database_url, time.time())
         self.clients: list[Any] = []
 
     def close_clients(self) -> None:
         for c in self.clients:
             c.close()
+        self.store.close()
 
     def key(self, max_spend_nano: int | None = None, admin: bool = False, name: str = "test") -> tuple[str, str]:
         """Create a key; returns (key id, secret)."""

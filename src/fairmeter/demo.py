@@ -9,6 +9,7 @@ from typing import Any
 
 from fairmeter.config import parse_config
 from fairmeter.money import NANO_PER_USD, usd_str
+from fairmeter.store.sqlite import SQLiteStore
 from fairmeter.tables import print_calls
 
 DEMO_CAP_NANO = 5 * NANO_PER_USD // 100  # $0.05
@@ -42,7 +43,7 @@ def run_demo(base: Path) -> int:
             "demo",
         )
         with GatewayServer(config) as gw:
-            store = gw.state.store
+            store = SQLiteStore(config.database_url, gw.state.clock.now())  # our own connection, not the gateway's
             with store.transaction():
                 key, secret = store.create_key("demo", DEMO_CAP_NANO, False, gw.state.clock.now())
             print(f"gateway on {gw.origin}, SQLite file {db}")
@@ -99,6 +100,7 @@ def run_demo(base: Path) -> int:
             result = verify_store(store)
             print(f"books balanced: {result['balanced']}, caps ok: {result['caps_ok']}")
             ok = result["balanced"] and result["caps_ok"] and total == spent and held == 0
+            store.close()
     return 0 if ok else 1
 
 

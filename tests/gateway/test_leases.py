@@ -43,24 +43,26 @@ def test_lapsed_holds_are_resolved_at_start(emulator: EmulatorServer, tmp_path: 
     _orphan_hold(store, key.account, key.id, "call_forwarded", forwarded=True)
     assert store.key_spend(key.id) == (0, 100_000)
     store.close()
-    with GatewayServer(config) as gw:
-        rows = {r["id"]: r for r in gw.state.store.list_calls(None, 10, None, None, None, None)}
+    with GatewayServer(config):
+        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
+        rows = {r["id"]: r for r in store.list_calls(None, 10, None, None, None, None)}
         voided, settled = rows["call_never_forwarded"], rows["call_forwarded"]
         assert voided["billed_nano"] == 0 and voided["usage_status"] == "error"
         assert not voided["needs_reconciliation"]
         assert settled["billed_nano"] == 7_000 and settled["usage_status"] == "unknown"
         assert settled["needs_reconciliation"] and settled["estimated"]
-        assert gw.state.store.key_spend(key.id) == (7_000, 0)
-        result = verify_store(gw.state.store)
+        assert store.key_spend(key.id) == (7_000, 0)
+        result = verify_store(store)
         assert result["balanced"] and result["caps_ok"] and result["pending_calls"] == 0
         assert [p["call_id"] for p in result["problems"]] == ["call_forwarded"]
         assert result["problems"][0]["kind"] == "needs_reconciliation"
+        store.close()
 
 
 def test_lapsed_holds_are_resolved_periodically(emulator: EmulatorServer, tmp_path: Path) -> None:
     config = gateway_config(emulator, tmp_path / "fm.db", expiry_interval_s=0.1)
-    with GatewayServer(config) as gw:
-        store = gw.state.store
+    with GatewayServer(config):
+        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
         with store.transaction():
             key, _ = store.create_key("k", None, False, time.time())
         key_id = key.id
@@ -70,6 +72,7 @@ def test_lapsed_holds_are_resolved_periodically(emulator: EmulatorServer, tmp_pa
             assert time.monotonic() < deadline, "the periodic expiry did not run"
             time.sleep(0.05)
         assert store.key_spend(key_id) == (7_000, 0)
+        store.close()
 
 
 def _free_port() -> int:
@@ -134,15 +137,17 @@ def test_kill_9_mid_stream_then_a_new_gateway_settles_the_hold_once(emulator: Em
     from fairmeter.config import load_config
 
     config: Config = load_config(str(toml), {"FM_UP": UPSTREAM_KEY}, tmp_path)
-    with GatewayServer(config) as gw:
-        call = gw.state.store.get_call(pending[0]["id"])
+    with GatewayServer(config):
+        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
+        call = store.get_call(pending[0]["id"])
         assert call is not None and call["status"] != "pending"
         assert call["needs_reconciliation"] == 1 and call["usage_status"] == "unknown"
-        transfers = [t for t in gw.state.store.transfers() if t.call_id == pending[0]["id"]]
+        transfers = [t for t in store.transfers() if t.call_id == pending[0]["id"]]
         assert [t.kind.value for t in transfers] == ["hold", "expire"]
-        result = verify_store(gw.state.store)
+        result = verify_store(store)
         assert result["balanced"] and result["caps_ok"] and result["pending_calls"] == 0
-        assert Decimal(gw.state.store.key_spend(call["key_id"])[0]) == call["billed_nano"]
+        assert Decimal(store.key_spend(call["key_id"])[0]) == call["billed_nano"]
+        store.close()
 
 
 def test_upstream_timeout_is_configurable_and_flags_the_call(emulator: EmulatorServer, tmp_path: Path) -> None:
@@ -150,8 +155,9 @@ def test_upstream_timeout_is_configurable_and_flags_the_call(emulator: EmulatorS
 
     config = gateway_config(emulator, tmp_path / "fm.db", upstream_timeout_s=0.3)
     with GatewayServer(config) as gw:
-        with gw.state.store.transaction():
-            key, secret = gw.state.store.create_key("k", None, False, time.time())
+        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
+        with store.transaction():
+            key, secret = store.create_key("k", None, False, time.time())
         headers = {"x-emulator-latency-ms": "1500", "Idempotency-Key": "t-1", "x-emulator-tag": "timeout"}
         with openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=0) as client:
             replies = []
@@ -168,7 +174,8 @@ def test_upstream_timeout_is_configurable_and_flags_the_call(emulator: EmulatorS
             call_id = replies[0].response.headers["fairmeter-call-id"]
             assert replies[1].response.headers["fairmeter-replay-of"] == call_id
             assert emulator.stats()["tags"]["timeout"]["requests"] == 1
-        row = gw.state.store.get_call(call_id)
+        row = store.get_call(call_id)
         assert row is not None and row["status"] == "upstream_error" and row["usage_status"] == "unknown"
         assert row["needs_reconciliation"] == 1 and row["estimated"] == 1
-        assert gw.state.store.key_spend(key.id) == (row["billed_nano"], 0)
+        assert store.key_spend(key.id) == (row["billed_nano"], 0)
+        store.close()

@@ -149,14 +149,17 @@ class SQLiteStore:
     # ---- calls and the ledger ---------------------------------------------------------------
 
     def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
-        """A call that never got a hold (bad input, wrong key, unknown model, over budget)."""
+        """A call that never got a hold (bad input, wrong key, unknown model, over budget).
+
+        ``reserved_nano`` records the hold the call asked for (its W, when known); no transfer exists.
+        """
         self.db.execute(
             "INSERT INTO calls (id, key_id, provider, api, model, stream, status, usage_status, cost_usd,"
             " reserved_nano, idempotency_key, error_code, message, started_at, ended_at, prices_json, price_source)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, 'error', NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), status,
-                0, call.idempotency_key, code, message, call.started_at, ended_at,
+                call.reserved, call.idempotency_key, code, message, call.started_at, ended_at,
                 call.prices_json, call.price_source,
             ),
         )  # fmt: skip
