@@ -56,13 +56,18 @@ def test_chat_plain_is_priced_exactly_and_identified(gateway: Gw, emulator) -> N
     seen = emulator.stats()["tags"]["plain"]["last_headers"]
     assert seen.get("authorization") == f"Bearer {UPSTREAM_KEY}"
     assert secret not in json.dumps(seen)
+    assert emulator.stats()["tags"]["plain"]["last_body"] == {
+        "model": "gpt-4o-mini",
+        "messages": PROMPT,
+        "max_tokens": 100,
+    }
 
 
-def test_chat_stream_without_usage_request_gets_no_usage_chunk(gateway: Gw) -> None:
+def test_chat_stream_without_usage_request_gets_no_usage_chunk(gateway: Gw, emulator) -> None:  # type: ignore[no-untyped-def]
     key_id, secret = gateway.key()
     client = oai(gateway, secret)
     with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini", messages=PROMPT, max_tokens=100, stream=True
+        model="gpt-4o-mini", messages=PROMPT, max_tokens=100, stream=True, extra_headers={"x-emulator-tag": "inject"}
     ) as resp:
         call_id = resp.headers["fairmeter-call-id"]
         lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
@@ -71,6 +76,8 @@ def test_chat_stream_without_usage_request_gets_no_usage_chunk(gateway: Gw) -> N
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert chunks and all(c["choices"] for c in chunks), "the usage-only chunk must not reach the client"
     assert all(c.get("usage") is None for c in chunks)
+    # upstream was asked for usage; that is the only change to the request
+    assert emulator.stats()["tags"]["inject"]["last_body"]["stream_options"] == {"include_usage": True}
     call = gateway.call(call_id)
     assert call["usage_status"] == "complete" and call["output_tokens"] > 0
     assert gateway.store.key_spend(key_id) == (to_nano(Decimal(call["cost_usd"])), 0)
