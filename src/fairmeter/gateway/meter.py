@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 
 import orjson
 
@@ -12,7 +13,7 @@ from fairmeter.config import Config
 from fairmeter.errors import ModelNotFound, UnboundedRequest
 from fairmeter.money import Nano, decimal_str, hold_nano, to_nano, usd_str
 from fairmeter.pricing.estimate import billed_usage
-from fairmeter.pricing.price import price_usage
+from fairmeter.pricing.price import MILLION, effective_table, price_usage
 from fairmeter.pricing.rates import Rates
 from fairmeter.pricing.worst import RequestBound, worst_case
 from fairmeter.usage.model import Usage, UsageReport, UsageStatus
@@ -79,8 +80,9 @@ class Meter:
             bound = RequestBound(UNBOUNDED_INPUT_TOKENS, bound.max_output_tokens, 0, bound.prompt_text_bytes)
         else:
             reserved = hold_nano(worst_case(bound, rates))
-        prompt_only = Usage(uncached_input_tokens=min(bound.max_input_tokens, -(-bound.prompt_text_bytes // 4)))
-        estimate = min(reserved, to_nano(price_usage(prompt_only, rates).total))
+        prompt_tokens = min(bound.max_input_tokens, -(-bound.prompt_text_bytes // 4))
+        table, _ = effective_table(rates, prompt_tokens)
+        estimate = min(reserved, to_nano(Decimal(prompt_tokens) * table["input"] * rates.batch_multiplier / MILLION))
         return Quote(rates, bound, reserved, estimate, self._rates_json(rates))
 
     def bill(self, quote: Quote, report: UsageReport) -> Bill:

@@ -40,6 +40,16 @@ class Rates:
     context_window: int | None = None
     source: str = "config"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The dearest input-side and output-side rates, without and with the long-context table:
+    # computed once here because every hold needs them (see `fairmeter.pricing.worst`).
+    peaks: tuple[Decimal, Decimal, Decimal, Decimal] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        base_in, base_out = _peak(self.per_mtok)
+        long_in, long_out = base_in, base_out
+        if self.long_context is not None:
+            long_in, long_out = _peak({**self.per_mtok, **self.long_context.per_mtok})
+        object.__setattr__(self, "peaks", (base_in, base_out, max(base_in, long_in), max(base_out, long_out)))
 
     def to_json(self) -> dict[str, Any]:
         """The unit prices as decimal strings, as recorded with each call."""
@@ -53,6 +63,14 @@ class Rates:
             lc["threshold_input_tokens"] = self.long_context.threshold_input_tokens
             out["long_context"] = lc
         return out
+
+
+def _peak(table: Mapping[str, Decimal]) -> tuple[Decimal, Decimal]:
+    """Dearest input-side and output-side rate of one table, with the documented fallbacks."""
+    base_in, base_out = table.get("input", Decimal(0)), table.get("output", Decimal(0))
+    inputs = ("input_audio", "cache_read", "cache_write_5m", "cache_write_1h")
+    in_rates = [table.get(k, base_in) for k in inputs] + [v for k, v in table.items() if k.startswith("cache_write_")]
+    return max([base_in, *in_rates]), max(base_out, table.get("output_audio", base_out))
 
 
 def _dec(value: Any, key: str) -> Decimal:
