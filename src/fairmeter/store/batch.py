@@ -79,8 +79,10 @@ class GroupCommitter:
         db.execute("BEGIN IMMEDIATE")
         try:
             results = [(fut, True, op()) for op, fut in batch]
+            self.store.flush_credits()
             db.execute("COMMIT")
         except BaseException:
+            self.store.discard_credits()
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
