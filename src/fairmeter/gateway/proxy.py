@@ -289,7 +289,7 @@ async def _relay_stream(
     reader = route.stream_reader()
     sent: list[bytes] = []
     disconnected = asyncio.Event()
-    watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
+    watcher = asyncio.create_task(_watch_disconnect(receive, disconnected, resp))
     ended = False
     try:
         async for chunk in resp.content.iter_any():
@@ -297,18 +297,10 @@ async def _relay_stream(
                 break
             out = chunk
             events = splitter.feed(chunk)
-            if strip_usage:
-                kept = []
-                for ev in events:
-                    if _is_usage_chunk(ev.data):
-                        reader.feed(ev.data)
-                        continue
-                    reader.feed(ev.data)
-                    kept.append(ev.raw)
-                out = b"".join(kept)
-            else:
-                for ev in events:
-                    reader.feed(ev.data)
+            for ev in events:
+                reader.feed(ev.data)
+            if strip_usage:  # relay the events as they were, minus the usage chunk fairmeter asked for
+                out = b"".join(ev.raw for ev in events if not _is_usage_chunk(ev.data))
             if out:
                 if keep:
                     sent.append(out)
@@ -328,7 +320,6 @@ async def _relay_stream(
     client_gone = disconnected.is_set()
     report = reader.finish(ended=ended and not client_gone)
     if client_gone:
-        resp.close()  # stop generation upstream at once
         status = "client_disconnected"
     elif report.status is UsageStatus.ERROR:
         status = "upstream_error"
@@ -344,11 +335,13 @@ async def _relay_stream(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:
+async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: aiohttp.ClientResponse) -> None:
+    """When the client goes away, close the upstream at once, even while it is between chunks."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             flag.set()
+            resp.close()  # generation stops now, not when the next chunk would have arrived
             return
 
 

@@ -14,7 +14,7 @@ from fairmeter.gateway.meter import Meter
 from fairmeter.gateway.upstream import UpstreamClient
 from fairmeter.store.batch import GroupCommitter
 from fairmeter.store.records import KeyRecord, iso
-from fairmeter.store.sqlite import KEY_PREFIX, SQLiteStore
+from fairmeter.store.sqlite import KEY_PREFIX, SQLiteStore, hash_key
 
 KEY_CACHE_S = 1.0  # a revoked key stops working within this many seconds
 
@@ -54,12 +54,13 @@ class GatewayState:
         if not secret.startswith(KEY_PREFIX):
             raise InvalidApiKey("That is not a fairmeter key (fairmeter keys start with 'fm-').")
         now = self.clock.now()
-        hit = self._keys.get(secret)
+        digest = hash_key(secret)  # the cache, like the database, never holds a key itself
+        hit = self._keys.get(digest)
         if hit is None or now - hit[1] > KEY_CACHE_S:
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            hit = (self.store.key_by_secret(secret), now)
-            self._keys[secret] = hit
+            hit = (self.store.key_by_hash(digest), now)
+            self._keys[digest] = hit
         key = hit[0]
         if key is None:
             raise InvalidApiKey("This fairmeter key is not valid: no such key exists.")

@@ -166,7 +166,10 @@ class SQLiteStore:
         return KeyRecord(key_id, name, secret[:7], admin, max_spend, now, None), secret
 
     def key_by_secret(self, secret: str) -> KeyRecord | None:
-        row = self.db.execute("SELECT * FROM keys WHERE key_hash = ?", (hash_key(secret),)).fetchone()
+        return self.key_by_hash(hash_key(secret))
+
+    def key_by_hash(self, digest: str) -> KeyRecord | None:
+        row = self.db.execute("SELECT * FROM keys WHERE key_hash = ?", (digest,)).fetchone()
         return _key(row) if row else None
 
     def list_keys(self) -> list[KeyRecord]:
