@@ -28,32 +28,13 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from fairmeter.usage.jsonfields import count as _count
+from fairmeter.usage.jsonfields import load_object as _load
+from fairmeter.usage.jsonfields import text_bytes as _text_bytes
 from fairmeter.usage.model import Usage, UsageReport, UsageStatus
 
 _TEXT_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
 _DEFAULT_TIERS = frozenset({"standard", "default"})
-
-
-def _load(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _count(obj: object, key: str) -> int:
-    if isinstance(obj, dict):
-        value = obj.get(key)
-        if type(value) is int and value > 0:
-            return value
-    return 0
-
-
-def _text_bytes(value: object) -> int:
-    if isinstance(value, str):
-        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
-    return 0
 
 
 def _is_usage(value: object) -> TypeGuard[dict[str, Any]]:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
+from fairmeter.usage.jsonfields import count, has_count, load_object, text_bytes
 from fairmeter.usage.model import Usage, UsageReport, UsageStatus
-from fairmeter.usage.openai_chat import count, error_kind, has_count, load_object, split_input, text_bytes
+from fairmeter.usage.openai_chat import error_kind, split_input
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Events whose ``delta`` is text the model wrote (audio deltas are base64, not text).
