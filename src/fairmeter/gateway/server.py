@@ -63,6 +63,7 @@ def uvicorn_config(app: Gateway, host: str, port: int, fd: int | None = None) ->
         access_log=False,
         log_level="warning",
         timeout_keep_alive=75,
+        proxy_headers=False,  # fairmeter does not use the client address; skip the middleware per request
     )
 
 
