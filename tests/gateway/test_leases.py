@@ -179,3 +179,37 @@ def test_upstream_timeout_is_configurable_and_flags_the_call(emulator: EmulatorS
         assert row["needs_reconciliation"] == 1 and row["estimated"] == 1
         assert store.key_spend(key.id) == (row["billed_nano"], 0)
         store.close()
+
+
+def test_a_retry_of_a_call_its_dead_gateway_never_answered_is_told_plainly(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    import openai
+
+    config = gateway_config(emulator, tmp_path / "fm.db")
+    store = SQLiteStore(config.database_url, time.time())
+    with store.transaction():
+        key, secret = store.create_key("k", None, False, time.time())
+    now = time.time()
+    start = CallStart(
+        "call_orphan", key.id, "openai", "chat", "gpt-4o-mini", False, 50_000, 7_000, None, None, "same-key",
+        now - 60, "gw_dead", now - 1,
+    )  # fmt: skip
+    with store.transaction():
+        assert store.begin_call(start, key.account, "provider:openai", 86400).kind == "held"
+        store.mark_forwarded("call_orphan")
+    store.close()
+    with (
+        GatewayServer(config) as gw,
+        openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=3) as client,
+    ):
+        try:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                extra_headers={"Idempotency-Key": "same-key", "x-emulator-tag": "orphan-retry"},
+            )  # fmt: skip
+            raise AssertionError("expected a 409")
+        except openai.ConflictError as exc:
+            assert exc.response.headers.get("x-should-retry") == "false"
+            assert "call_orphan" in exc.message and "new Idempotency-Key" in exc.message
+    assert "orphan-retry" not in emulator.stats()["tags"]

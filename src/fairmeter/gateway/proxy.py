@@ -158,9 +158,14 @@ async def _replay(
 ) -> None:
     now = state.clock.now()
     await state.committer.run(lambda: state.store.record_replay(start, original, now))
-    if stored is None:  # settled before its response could be stored (e.g. the client went away early)
-        body = error_body(start.provider, 409, "idempotency_key_in_use", f"Call {original} with this key already ran.")
-        await send_whole(send, 409, error_headers(start.id, True, len(body)), body)
+    if stored is None:  # resolved without an answer to give back: its gateway stopped mid-call
+        msg = (
+            f"Call {original} with this Idempotency-Key already ran and was settled without a response to "
+            "replay (its gateway process stopped mid-call; see that call's record). "
+            "Send a new Idempotency-Key to run the request again."
+        )
+        body = error_body(start.provider, 409, "idempotency_key_in_use", msg)
+        await send_whole(send, 409, error_headers(start.id, False, len(body)), body)  # retrying cannot help
         return
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.headers]
     headers = [h for h in headers if h[0] != b"fairmeter-call-id"]
