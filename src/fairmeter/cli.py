@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -52,7 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fairmeter.gateway.server import serve
 
     config = _config(args)
-    serve(config, args.host or config.host, args.port if args.port is not None else config.port)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after a graceful shutdown is not an error
+        serve(config, args.host or config.host, args.port if args.port is not None else config.port)
     return 0
 
 
