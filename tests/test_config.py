@@ -306,3 +306,15 @@ def test_bad_settings_are_named(data: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data, {}, "t")
     assert needle in str(info.value)
+
+
+def test_price_cache_dir_defaults_to_the_user_cache_and_can_be_turned_off() -> None:
+    from pathlib import Path
+
+    from fairmeter.config import parse_config
+
+    assert parse_config({}, {"HOME": "/h"}, "t").price_cache_dir == Path("/h/.cache/fairmeter")
+    assert parse_config({}, {"HOME": "/h", "XDG_CACHE_HOME": "/x"}, "t").price_cache_dir == Path("/x/fairmeter")
+    assert parse_config({}, {}, "t").price_cache_dir is None
+    assert parse_config({"price_cache_dir": ""}, {"HOME": "/h"}, "t").price_cache_dir is None
+    assert parse_config({"price_cache_dir": "/p"}, {}, "t").price_cache_dir == Path("/p")

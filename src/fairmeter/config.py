@@ -57,6 +57,7 @@ class Config:
     expiry_interval_s: float = 30.0  # float-ok: seconds
     max_body_bytes: int = 32 * 1024 * 1024
     idempotency_ttl_s: int = 24 * 3600
+    price_cache_dir: Path | None = None  # genai-prices results kept across restarts (None: memory only)
     source: str = "defaults"
 
     @property
@@ -107,6 +108,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
         "lease_margin_s",
         "expiry_interval_s",
         "max_body_bytes",
+        "price_cache_dir",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -153,8 +155,22 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
         lease_margin_s=_seconds(data.get("lease_margin_s"), "lease_margin_s", 60.0),
         expiry_interval_s=_seconds(data.get("expiry_interval_s"), "expiry_interval_s", 30.0),
         max_body_bytes=max_body,
+        price_cache_dir=_price_cache_dir(data.get("price_cache_dir"), env),
         source=source,
     )
+
+
+def _price_cache_dir(raw: Any, env: Mapping[str, str]) -> Path | None:
+    """``price_cache_dir`` if set ("" turns the disk cache off), else the user's cache directory."""
+    if raw is not None:
+        if not isinstance(raw, str):
+            raise ConfigError('price_cache_dir must be a path string ("" turns the disk cache off)')
+        return Path(raw).expanduser() if raw else None
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]) / "fairmeter"
+    if env.get("HOME"):
+        return Path(env["HOME"]) / ".cache" / "fairmeter"
+    return None
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:

@@ -27,7 +27,7 @@ def build_gateway(config: Config, clock: Clock | None = None, catalog: Catalog |
     """Open the store (migrating it) and wire the gateway's parts together."""
     clock = clock or SystemClock()
     store = SQLiteStore(config.database_url, clock.now())
-    catalog = catalog or Catalog(config.prices)
+    catalog = catalog or Catalog(config.prices, cache_dir=config.price_cache_dir)
     state = GatewayState(
         config=config,
         clock=clock,
