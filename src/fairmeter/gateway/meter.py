@@ -19,7 +19,7 @@ from fairmeter.pricing.worst import RequestBound, worst_case
 from fairmeter.usage.model import Usage, UsageReport, UsageStatus
 from fairmeter.usage.request import ParsedRequest
 
-# Without a client limit or a known model maximum, the output bound falls back to the context window.
+# The input bound used for estimates of a request whose input cannot be seen (its hold is max_request_usd).
 UNBOUNDED_INPUT_TOKENS = 10_000_000
 
 

@@ -377,22 +377,21 @@ async def _settle(
     reconcile: bool = False,
 ) -> None:
     bill = state.meter.bill(quote, report)
-    bill_amount = quote.estimate if reconcile and report.status is UsageStatus.UNKNOWN else bill.billed
-    void = report.status is UsageStatus.ERROR
+    now = state.clock.now()
     end = CallEnd(
         status=status,
         upstream_status=upstream_status,
         usage_status=report.status.value,
         usage_json=bill.usage_json,
         cost_usd=bill.cost_usd,
-        billed=bill_amount,
-        estimated=bill.estimated or reconcile,
+        billed=bill.billed,
+        estimated=bill.estimated,
         breakdown_json=bill.breakdown_json,
-        ended_at=state.clock.now(),
+        ended_at=now,
         message=message,
         stored_response=stored,
     )
-    now = state.clock.now()
+    void = report.status is UsageStatus.ERROR
     overrun = await state.committer.run(
         lambda: state.store.finish_call(start.id, end, now, void=void, needs_reconciliation=reconcile)
     )
