@@ -10,7 +10,8 @@ Mapping from genai-prices keys: input_mtok → input, output_mtok → output, ca
 cache_read, cache_write_mtok / cache_write_5m_mtok → cache_write_5m, cache_write_1h_mtok →
 cache_write_1h, input_audio_mtok / output_audio_mtok → audio, web_searches_kcount → web search
 fee per 1k. A tiered price with one tier becomes the long-context table (its threshold is strict,
-as in genai-prices). Standard-tier prices are used (price variants such as flex/priority are not).
+as in genai-prices). Service tiers (OpenAI flex / priority / fast) use genai-prices' price variants for
+that ``service_tier``; a tier it does not list is priced at the standard rates.
 """
 
 from __future__ import annotations
@@ -53,20 +54,23 @@ class Catalog:
         self._source = f"genai-prices {self._version}"
         self._disk = PriceFile(cache_dir, self._version, self._source) if cache_dir is not None else None
 
-    def lookup(self, provider: str, model: str) -> Rates | None:
-        """Rates for ``model`` served by ``provider`` (cached in memory, and on disk when configured)."""
-        key = (provider, model)
+    def lookup(self, provider: str, model: str, tier: str | None = None) -> Rates | None:
+        """Rates for ``model`` served by ``provider`` in service ``tier`` (None: the standard tier).
+
+        Cached in memory, and on disk when configured. Config overrides price every tier alike.
+        """
+        key = (provider, model if tier is None else f"{model}@{tier}")
         try:
             return self._cache[key]
         except KeyError:
             pass
         rates = self._from_overrides(provider, model)
         if rates is None and self._use_genai:
-            found, rates = self._disk.get(provider, model) if self._disk is not None else (False, None)
+            found, rates = self._disk.get(provider, key[1]) if self._disk is not None else (False, None)
             if not found:
-                rates = self._from_genai_prices(provider, model)
+                rates = self._from_genai_prices(provider, model, tier)
                 if self._disk is not None:
-                    self._disk.put(provider, model, rates)
+                    self._disk.put(provider, key[1], rates)
         self._cache[key] = rates
         return rates
 
@@ -76,7 +80,7 @@ class Catalog:
                 return o.rates
         return None
 
-    def _from_genai_prices(self, provider: str, model: str) -> Rates | None:
+    def _from_genai_prices(self, provider: str, model: str, tier: str | None) -> Rates | None:
         from genai_prices import data_snapshot
         from genai_prices.types import TieredPrices
 
@@ -84,7 +88,8 @@ class Catalog:
             _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
         except LookupError:
             return None
-        prices = info.get_prices(datetime.now(tz=UTC))
+        context = {"service_tier": tier} if tier is not None else None
+        prices = info.get_prices(datetime.now(tz=UTC), context)
         base: dict[str, Decimal] = {}
         tier_rates: dict[str, Decimal] = {}
         threshold: int | None = None
@@ -101,12 +106,12 @@ class Catalog:
             if isinstance(value, TieredPrices):
                 if len(value.tiers) != 1:
                     return None  # several tiers cannot be priced exactly here: unknown unless configured
-                tier = value.tiers[0]
-                if threshold is not None and threshold != tier.start:
+                step = value.tiers[0]
+                if threshold is not None and threshold != step.start:
                     return None
-                threshold = tier.start
+                threshold = step.start
                 base[ours] = value.base
-                tier_rates[ours] = tier.price
+                tier_rates[ours] = step.price
             else:
                 base[ours] = value
         if "input" not in base or "output" not in base:

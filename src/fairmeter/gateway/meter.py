@@ -32,6 +32,9 @@ class Quote:
     reserved: Nano
     estimate: Nano  # what a forwarded call is settled at if its gateway dies (prompt estimate)
     prices_json: str
+    provider: str = ""
+    model: str = ""
+    tier: str | None = None  # the service tier asked for (None: standard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class Bill:
     estimated: bool
     usage_json: str | None
     breakdown_json: str
+    prices_json: str | None = None  # set when the call was served in another tier than it was held for
+    price_source: str | None = None
 
 
 class Meter:
@@ -55,7 +60,8 @@ class Meter:
 
     def quote(self, provider: str, parsed: ParsedRequest) -> Quote:
         """Price the worst case W of a request; refuse unknown models and unbounded input."""
-        rates = self.catalog.lookup(provider, parsed.model)
+        tier = _tier(parsed.service_tier)
+        rates = self.catalog.lookup(provider, parsed.model, tier)
         if rates is None:
             raise ModelNotFound(
                 f"The model '{parsed.model}' has no known price for {provider}, so its cost could not be capped; "
@@ -83,13 +89,18 @@ class Meter:
         prompt_tokens = min(bound.max_input_tokens, -(-bound.prompt_text_bytes // 4))
         table, _ = effective_table(rates, prompt_tokens)
         estimate = min(reserved, to_nano(Decimal(prompt_tokens) * table["input"] * rates.batch_multiplier / MILLION))
-        return Quote(rates, bound, reserved, estimate, self._rates_json(rates))
+        return Quote(rates, bound, reserved, estimate, self._rates_json(rates), provider, parsed.model, tier)
 
     def bill(self, quote: Quote, report: UsageReport) -> Bill:
         """Exact cost of the reported usage, and the billed amount (with an estimate when cut)."""
         if report.status is UsageStatus.ERROR:
             return Bill("0", 0, False, _ZERO_USAGE_JSON, "{}")
-        rates = quote.rates
+        rates, prices_json, source = quote.rates, None, None
+        served = _served_tier(report)
+        if served != quote.tier and quote.model:  # bill at the rates of the tier the provider says it used
+            other = self.catalog.lookup(quote.provider, quote.model, served)
+            if other is not None and other is not rates:
+                rates, prices_json, source = other, self._rates_json(other), other.source
         cost = None if report.usage is None else price_usage(report.usage, rates)
         usage, estimated = billed_usage(report, quote.bound)
         billed_price = cost if cost is not None and usage is report.usage else price_usage(usage, rates)
@@ -100,6 +111,8 @@ class Meter:
             estimated=estimated,
             usage_json=None if report.usage is None else _usage_json(report.usage),
             breakdown_json=orjson.dumps(breakdown).decode(),
+            prices_json=prices_json,
+            price_source=source,
         )
 
     def _rates_json(self, rates: Rates) -> str:
@@ -108,6 +121,22 @@ class Meter:
             cached = (rates, json.dumps(rates.to_json()))
             self._prices_json[id(rates)] = cached
         return cached[1]
+
+
+_STANDARD_TIERS = frozenset({"auto", "default", "standard"})
+
+
+def _tier(name: str | None) -> str | None:
+    """A service tier with its own prices, or None for the standard one."""
+    return None if name is None or name in _STANDARD_TIERS else name
+
+
+def _served_tier(report: UsageReport) -> str | None:
+    """The tier the provider reports it served the call in (readers note non-standard ones)."""
+    for note in report.notes:
+        if note.startswith("service_tier="):
+            return _tier(note.partition("=")[2])
+    return None
 
 
 def _usage_json(u: Usage) -> str:

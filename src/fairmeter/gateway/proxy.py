@@ -390,6 +390,8 @@ async def _settle(
         ended_at=now,
         message=message,
         stored_response=stored,
+        prices_json=bill.prices_json,
+        price_source=bill.price_source,
     )
     void = report.status is UsageStatus.ERROR
     overrun = await state.committer.run(

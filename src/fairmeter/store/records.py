@@ -62,6 +62,8 @@ class CallEnd:
     ended_at: float  # float-ok: seconds
     message: str | None = None
     stored_response: StoredResponse | None = None
+    prices_json: str | None = None  # replaces the held call's unit prices when it was served in another tier
+    price_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

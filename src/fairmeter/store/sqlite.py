@@ -299,13 +299,14 @@ class SQLiteStore:
             "UPDATE calls SET status = ?1, upstream_status = ?2, usage_status = ?3, usage_json = ?4, cost_usd = ?5,"
             " billed_nano = ?6, estimated = ?7, breakdown_json = ?8, ended_at = ?9, message = ?10,"
             " overrun_nano = MAX(0, ?6 - reserved_nano),"
-            " needs_reconciliation = (?11 OR ?6 > reserved_nano), lease_expires_at = NULL"
+            " needs_reconciliation = (?11 OR ?6 > reserved_nano), lease_expires_at = NULL,"
+            " prices_json = COALESCE(?13, prices_json), price_source = COALESCE(?14, price_source)"
             " WHERE id = ?12 AND status = 'pending'"
             " RETURNING key_id, provider, hold_id, reserved_nano, idempotency_key",
             (
                 end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
                 int(end.estimated), end.breakdown_json, end.ended_at, end.message, int(needs_reconciliation),
-                call_id,
+                call_id, end.prices_json, end.price_source,
             ),
         ).fetchone()  # fmt: skip
         if row is None:

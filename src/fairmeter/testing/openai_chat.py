@@ -32,6 +32,12 @@ def _usage(prompt: int, completion: int, override: Any) -> dict[str, Any]:
     return with_override(usage, override, ("prompt_tokens", "completion_tokens"))
 
 
+def served_tier(body: dict[str, Any]) -> str:
+    """The tier OpenAI reports serving a request in: the one asked for, ``default`` for auto or none."""
+    tier = body.get("service_tier")
+    return tier if isinstance(tier, str) and tier in ("flex", "priority", "scale") else "default"
+
+
 def chat_completion(body: dict[str, Any], behaviour: Behaviour) -> Reply:
     """Answer a chat completion request the way OpenAI does."""
     model = body.get("model")
@@ -67,7 +73,7 @@ def chat_completion(body: dict[str, Any], behaviour: Behaviour) -> Reply:
             for i in range(choices)
         ],
         "usage": usage,
-        "service_tier": "default",
+        "service_tier": served_tier(body),
         "system_fingerprint": FINGERPRINT,
     }
     return Reply(200, openai_headers(new_id("req_")), orjson.dumps(reply))
@@ -91,7 +97,7 @@ def _stream(
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "service_tier": "default",
+        "service_tier": served_tier(body),
         "system_fingerprint": FINGERPRINT,
     }
 

@@ -9,6 +9,7 @@ import orjson
 
 from fairmeter.testing.behaviour import Behaviour
 from fairmeter.testing.errors import openai_error, openai_headers
+from fairmeter.testing.openai_chat import served_tier
 from fairmeter.testing.sse import new_id, typed_event
 from fairmeter.testing.tokens import input_tokens, output_chunks, with_override, words
 from fairmeter.testing.wire import Reply
@@ -74,7 +75,7 @@ class _Shape:
             "prompt_cache_key": None,
             "reasoning": {"effort": None, "summary": None},
             "safety_identifier": None,
-            "service_tier": "default",
+            "service_tier": served_tier(body),
             "store": body.get("store", True),
             "temperature": 1.0,
             "text": {"format": {"type": "text"}, "verbosity": "medium"},
