@@ -63,6 +63,11 @@ class SQLiteStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        # Small pages for a new database: a call dirties about a dozen pages (rows and index entries),
+        # and every dirty page is written whole to the WAL and again by the checkpoint. 1 KiB pages cut
+        # the ledger's CPU per call by about a quarter against the 4 KiB default (docs/performance.md).
+        # No effect on an existing database.
+        self.db.execute("PRAGMA page_size=1024")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=10000")
