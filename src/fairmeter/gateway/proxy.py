@@ -352,7 +352,7 @@ async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: aiohttp
 
 def _is_usage_chunk(data: bytes) -> bool:
     """The OpenAI chat chunk that carries only usage (``choices: []``, usage not null)."""
-    if b'"usage"' not in data or b'"choices":[]' not in data.replace(b" ", b""):
+    if b'"usage"' not in data or b'"usage":null' in data:  # every other chunk, in OpenAI's compact JSON
         return False
     try:
         obj = orjson.loads(data)
