@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from fairmeter.config import parse_config
-from fairmeter.money import NANO_PER_USD, usd_str
+from fairmeter.money import NANO_PER_USD, to_nano, usd_str
 from fairmeter.store.sqlite import SQLiteStore
 from fairmeter.tables import print_calls
 
@@ -94,7 +95,7 @@ def run_demo(base: Path) -> int:
             rows = _calls(gw.origin, secret)
             print()
             print_calls(rows)
-            total = sum(int(_nano(r["billed_usd"])) for r in rows)
+            total = sum(to_nano(Decimal(r["billed_usd"])) for r in rows)
             spent, held = store.key_spend(key.id)
             print(f"\ntotal billed: ${usd_str(total)}  (key spent ${usd_str(spent)}, held ${usd_str(held)})")
             result = verify_store(store)
@@ -114,12 +115,6 @@ def _message(body: object) -> str:
         if isinstance(err, dict):
             return str(err.get("message"))
     return str(body)
-
-
-def _nano(usd: str) -> int:
-    from decimal import Decimal
-
-    return int(Decimal(usd) * NANO_PER_USD)
 
 
 def _calls(origin: str, secret: str) -> list[dict[str, Any]]:

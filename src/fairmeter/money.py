@@ -54,9 +54,3 @@ def parse_usd(text: str | int | Decimal) -> Decimal:
     if not value.is_finite() or value < 0:
         raise ValueError(f"not a valid non-negative amount: {text!r}")
     return value
-
-
-def fmt_usd(nano: Nano, places: int = 6) -> str:
-    """Human display, e.g. ``$0.000525``; rounding here is for display only."""
-    q = Decimal(1).scaleb(-places)
-    return f"${from_nano(nano).quantize(q, rounding=ROUND_HALF_UP)}"

@@ -24,10 +24,9 @@ def verify_store(store: SQLiteStore) -> dict[str, Any]:
                 call_id=row["id"],
             )
         )
-    pending = store.db.execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0]
     return {
         "balanced": balanced,
         "caps_ok": caps_ok,
-        "pending_calls": pending,
+        "pending_calls": store.pending_count(),
         "problems": [p.to_json() for p in problems],
     }

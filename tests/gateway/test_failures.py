@@ -56,18 +56,23 @@ def test_connection_reset_costs_nothing(gateway: Gw) -> None:
     assert gateway.store.key_spend(key_id) == (0, 0)
 
 
-def test_overload_before_message_start_costs_nothing(gateway: Gw) -> None:
-    key_id, secret = gateway.key()
+def _stream_until_overloaded(gateway: Gw, secret: str, after_events: int) -> None:
+    """An Anthropic stream that ends in an overloaded_error after ``after_events`` events: the SDK raises."""
     with (
         pytest.raises(anthropic.APIStatusError),
         ant(gateway, secret).messages.stream(
             model="claude-haiku-4-5",
             max_tokens=100,
             messages=PROMPT,  # type: ignore[arg-type]
-            extra_headers={"x-emulator-overload-after": "0"},
+            extra_headers={"x-emulator-overload-after": str(after_events)},
         ) as s,
     ):
         s.get_final_message()
+
+
+def test_overload_before_message_start_costs_nothing(gateway: Gw) -> None:
+    key_id, secret = gateway.key()
+    _stream_until_overloaded(gateway, secret, 0)
     call = gateway.calls()[0]
     assert call["usage_status"] == "error" and call["billed_usd"] == "0"
     assert gateway.store.key_spend(key_id) == (0, 0)
@@ -75,16 +80,7 @@ def test_overload_before_message_start_costs_nothing(gateway: Gw) -> None:
 
 def test_overload_after_message_start_bills_what_was_delivered(gateway: Gw) -> None:
     key_id, secret = gateway.key()
-    with (
-        pytest.raises(anthropic.APIStatusError),
-        ant(gateway, secret).messages.stream(
-            model="claude-haiku-4-5",
-            max_tokens=100,
-            messages=PROMPT,  # type: ignore[arg-type]
-            extra_headers={"x-emulator-overload-after": "6"},
-        ) as s,
-    ):
-        s.get_final_message()
+    _stream_until_overloaded(gateway, secret, 6)
     call = gateway.calls()[0]
     assert call["usage_status"] == "partial" and call["estimated"] is True
     # The SDK raises on the error event and hangs up; which side the gateway notices first is a race.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -111,8 +112,6 @@ def iso(ts: float | None) -> str | None:  # float-ok: seconds
 
 def call_json(row: dict[str, Any]) -> dict[str, Any]:
     """The public shape of a call record (GET /fairmeter/v1/calls/{id}), from a `calls` row."""
-    import json
-
     usage: dict[str, Any] = json.loads(row["usage_json"]) if row["usage_json"] else {}
     out: dict[str, Any] = {
         "id": row["id"],

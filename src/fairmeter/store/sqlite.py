@@ -170,9 +170,6 @@ class SQLiteStore:
         self.db.execute("INSERT INTO accounts (id, cap_nano) VALUES (?, ?)", (f"key:{key_id}", max_spend))
         return KeyRecord(key_id, name, secret[:7], admin, max_spend, now, None), secret
 
-    def key_by_secret(self, secret: str) -> KeyRecord | None:
-        return self.key_by_hash(hash_key(secret))
-
     def key_by_hash(self, digest: str) -> KeyRecord | None:
         row = self.db.execute("SELECT * FROM keys WHERE key_hash = ?", (digest,)).fetchone()
         return _key(row) if row else None
@@ -434,6 +431,10 @@ class SQLiteStore:
                 " FROM transfers ORDER BY id"
             )
         ]
+
+    def pending_count(self) -> int:
+        """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0])
 
     def reconciliation_calls(self) -> list[dict[str, Any]]:
         return [
