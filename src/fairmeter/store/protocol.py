@@ -1,0 +1,112 @@
+"""The one storage protocol the gateway, the CLI and the tests use; SQLite and PostgreSQL implement it.
+
+Every method is a coroutine, so a backend that talks to a server (PostgreSQL) never blocks the event
+loop, and one that does not (SQLite) answers without yielding. Each method is one atomic unit: it
+commits before its coroutine returns (``mark_forwarded`` is the one exception: it is queued and
+joins the next commit, see docs/architecture.md).
+
+Results are codes, not exceptions (TigerBeetle style): a hold that does not fit returns
+``HoldOutcome("refused", …)``; an exception means a bug or a broken database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fairmeter.ledger.model import Account, Transfer
+from fairmeter.money import Nano
+from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord
+
+
+@dataclass(frozen=True, slots=True)
+class LapsedCall:
+    """A pending call whose lease ran out (its gateway process stopped)."""
+
+    id: str
+    forwarded: bool
+    estimate: Nano
+
+
+@dataclass(frozen=True, slots=True)
+class CallPage:
+    """Filters and cursor of ``list_calls`` (newest first)."""
+
+    key_id: str | None = None
+    limit: int = 100
+    since: float | None = None  # float-ok: seconds
+    until: float | None = None  # float-ok: seconds
+    status: str | None = None
+    cursor: tuple[float, str] | None = None  # float-ok: seconds; (started_at, id) of the previous page's last row
+
+
+class Store(Protocol):
+    """Keys, the ledger and the call records."""
+
+    url: str
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Background work of a serving process (e.g. SQLite's checkpointer); idempotent."""
+
+    async def close(self) -> None: ...
+
+    # ---- keys ------------------------------------------------------------------------------
+    async def create_key(self, name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:
+        """Create a key and its ledger account; returns the record and the secret (stored only as a hash)."""
+
+    async def key_by_hash(self, digest: str) -> KeyRecord | None: ...
+
+    async def list_keys(self) -> list[KeyRecord]: ...
+
+    async def revoke_key(self, key_id: str, now: float) -> bool: ...
+
+    async def key_spend(self, key_id: str) -> tuple[Nano, Nano]:
+        """(posted, pending) debits of the key's account."""
+
+    # ---- the hot path ----------------------------------------------------------------------
+    async def begin_call(self, call: CallStart, idempotency_ttl_s: int) -> HoldOutcome:
+        """Idempotency check, then the hold of ``call.reserved`` under every cap, atomically."""
+
+    def mark_forwarded(self, call_id: str) -> None:
+        """Record that the request left for the provider; queued, not waited for."""
+
+    async def finish_call(
+        self,
+        call_id: str,
+        end: CallEnd,
+        now: float,
+        *,
+        void: bool = False,
+        expired: bool = False,
+        needs_reconciliation: bool = False,
+    ) -> Nano:
+        """Settle (post ``end.billed``, release the rest) or void a pending call; returns any overrun.
+
+        A call that is no longer pending is left as it is (two resolutions never both apply).
+        """
+
+    async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
+        """A call that never got a hold; no transfer is written."""
+
+    async def record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
+        """A repeat of a settled call (same Idempotency-Key): its own record, charged nothing."""
+
+    # ---- leases ----------------------------------------------------------------------------
+    async def renew_leases(self, owner: str, until: float) -> int: ...
+
+    async def lapsed_calls(self, now: float) -> list[LapsedCall]: ...
+
+    # ---- reads -----------------------------------------------------------------------------
+    async def get_call(self, call_id: str) -> dict[str, Any] | None:
+        """The ``calls`` row as a dict (the columns of migration m001)."""
+
+    async def list_calls(self, page: CallPage) -> list[dict[str, Any]]: ...
+
+    async def accounts(self) -> list[Account]: ...
+
+    async def transfers(self) -> list[Transfer]: ...
+
+    async def pending_count(self) -> int: ...
+
+    async def reconciliation_calls(self) -> list[dict[str, Any]]: ...
