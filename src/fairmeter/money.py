@@ -38,6 +38,13 @@ def usd_str(nano: Nano) -> str:
     return decimal_str(from_nano(nano))
 
 
+def usd_text(nano: Nano) -> str:
+    """For people: ``$0.42``, ``$50.00``, ``$0.000117`` (cents at least, every significant digit beyond)."""
+    text = decimal_str(from_nano(nano))
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
+
+
 def decimal_str(value: Decimal) -> str:
     """Plain (non-scientific) decimal string without trailing zeros."""
     if value == 0:
