@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fairmeter.ledger.funding import Allocation, BucketKind, Refusal
+from fairmeter.ledger.funding import Allocation, BucketKind, Refusal, WindowUse
 from fairmeter.ledger.windows import Unit, utc_text
 from fairmeter.money import usd_text
 
@@ -37,6 +37,14 @@ class WindowState:
             used += f", {amount_text(self.held, self.unit)} held by calls in flight"
         reset = f"resets {utc_text(self.resets_at)}" if self.resets_at is not None else "opens with the next call"
         return f"{used}, {reset}"
+
+
+def state_of(use: WindowUse) -> WindowState:
+    """A window's period as a call at that moment sees it (a block this call would open has no reset yet)."""
+    spec = use.spec
+    return WindowState(
+        spec.name, spec.label, spec.unit, use.used, use.held, spec.limit, None if use.opens else use.resets_at
+    )
 
 
 def refusal_message(refusal: Refusal, window: WindowState | None) -> str:

@@ -1,7 +1,16 @@
 """Accounts change only by transfers (TigerBeetle's model, in integer nano-USD).
 
-A call moves money from its payer's account (the fairmeter key, in this version) to the upstream
-provider's account:
+A call moves money in two legs, each a pair of hold → post transfers:
+
+* **spend**: from the key's account (``key:ID``, which carries the key's cap) to the upstream
+  provider's account (``provider:NAME``);
+* **funding**: from the payer's funding buckets (``sub:PAYER``, ``grant:ID``, ``credits:PAYER``,
+  ``overage:PAYER``; docs/funding.md) to the key's account, one transfer per bucket that pays, so a
+  key's account nets to zero and every dollar a provider is owed is traced to the bucket it came from.
+
+Grants and purchased credits are credited to their bucket by ``issue`` and ``topup`` transfers; what
+an expired grant had left moves out by a ``lapse`` transfer; refunds move money back by ``refund``
+(or ``regrant``) transfers. The spend leg's kinds:
 
 * ``hold``: a *pending* transfer of the worst case W; refused when it would take the payer's
   posted + pending debits past its cap.
@@ -29,6 +38,11 @@ class TransferKind(StrEnum):
     VOID = "void"
     EXPIRE = "expire"
     OVERRUN = "overrun"
+    ISSUE = "issue"  # a grant is issued to a payer (issuer:grants → grant:ID)
+    TOPUP = "topup"  # purchased credits (issuer:topups → credits:PAYER)
+    LAPSE = "lapse"  # what was left of an expired grant (grant:ID → expired:grants)
+    REFUND = "refund"  # money back to the bucket that paid (provider:P → bucket account)
+    REGRANT = "regrant"  # a refund whose bucket is gone becomes a new grant (provider:P → grant:NEW)
 
 
 class TransferState(StrEnum):

@@ -73,11 +73,11 @@ def check_name(value: object, what: str) -> str:
 
 def _usd(value: object, field: str) -> Nano:
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise ValueError(f"{field} must be a dollar amount written as a string or an integer, e.g. \"5.00\"")
+        raise ValueError(f'{field} must be a dollar amount written as a string or an integer, e.g. "5.00"')
     try:
         return hold_nano(parse_usd(value))
     except (ValueError, InvalidOperation):
-        raise ValueError(f"{field} must be a non-negative dollar amount, e.g. \"5.00\" (got {value!r})") from None
+        raise ValueError(f'{field} must be a non-negative dollar amount, e.g. "5.00" (got {value!r})') from None
 
 
 def _opt_usd(value: object, field: str) -> Nano | None:
@@ -107,7 +107,7 @@ def parse_anchor(text: object, field: str) -> tuple[int, int]:
     """``"monday 09:00"`` → (0, 32400): a weekday and a UTC time of day."""
     m = re.fullmatch(r"\s*([a-zA-Z]+)\s+(\d{1,2}):(\d{2})\s*(?:UTC)?\s*", text if isinstance(text, str) else "")
     if not m or m.group(1).lower() not in WEEKDAYS or int(m.group(2)) > 23 or int(m.group(3)) > 59:
-        raise ValueError(f"{field} must be a weekday and a UTC time, e.g. \"monday 09:00\" (got {text!r})")
+        raise ValueError(f'{field} must be a weekday and a UTC time, e.g. "monday 09:00" (got {text!r})')
     return WEEKDAYS.index(m.group(1).lower()), int(m.group(2)) * 3600 + int(m.group(3)) * 60
 
 
@@ -122,7 +122,7 @@ def parse_window(data: object, index: int) -> WindowSpec:
     try:
         kind = WindowKind(str(data.get("kind")))
     except ValueError:
-        raise ValueError(f"{where}.kind must be \"block\" or \"weekly\" (got {data.get('kind')!r})") from None
+        raise ValueError(f'{where}.kind must be "block" or "weekly" (got {data.get("kind")!r})') from None
     if ("limit_usd" in data) == ("limit_tokens" in data):
         raise ValueError(f"{where} needs exactly one of limit_usd (dollars) or limit_tokens")
     if "limit_usd" in data:

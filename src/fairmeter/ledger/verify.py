@@ -33,7 +33,7 @@ def _expected_balances(transfers: Iterable[Transfer]) -> dict[str, list[Nano]]:
             if t.state is TransferState.PENDING:
                 out[t.debit_account][0] += t.amount
                 out[t.credit_account][2] += t.amount
-        elif t.kind in (TransferKind.POST, TransferKind.OVERRUN, TransferKind.EXPIRE):
+        elif t.kind is not TransferKind.VOID:  # every other kind is posted when written
             out[t.debit_account][1] += t.amount
             out[t.credit_account][3] += t.amount
     return out

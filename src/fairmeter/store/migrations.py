@@ -8,7 +8,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-Migration = tuple[str, Callable[[sqlite3.Connection], None]]
+from fairmeter.store.funding_sql import M002_FUNDING, seed_defaults
+from fairmeter.store.sql import SQLiteTx, run_now
+
+Migration = tuple[str, Callable[[sqlite3.Connection, float], None]]  # float-ok: seconds
 
 
 def _run(db: sqlite3.Connection, script: str) -> None:
@@ -107,7 +110,13 @@ def m001_core(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [("m001_core", m001_core)]
+def m002_funding(db: sqlite3.Connection, now: float) -> None:  # float-ok: seconds
+    """Organisations, plans, payers and their funding buckets (docs/funding.md)."""
+    _run(db, M002_FUNDING)
+    run_now(seed_defaults(SQLiteTx(db), now))
+
+
+MIGRATIONS: list[Migration] = [("m001_core", lambda db, now: m001_core(db)), ("m002_funding", m002_funding)]
 
 
 def apply_migrations(db: sqlite3.Connection, clock_now: float) -> list[str]:  # float-ok: seconds
@@ -120,7 +129,7 @@ def apply_migrations(db: sqlite3.Connection, clock_now: float) -> list[str]:  # 
             continue
         db.execute("BEGIN IMMEDIATE")
         try:
-            step(db)
+            step(db, clock_now)
             db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, clock_now))
             db.execute("COMMIT")
         except BaseException:

@@ -1,0 +1,542 @@
+"""Funding buckets in the database, written once for SQLite and PostgreSQL (docs/funding.md).
+
+The decisions are made by the pure domain (``fairmeter.ledger.funding``); this module reads a
+payer's state inside the call's transaction, asks the domain, and writes what it answered: the
+bucket accounts, the window and period counters, and one transfer per bucket.
+
+Per payer, everything is serialized: on PostgreSQL the payer's row is locked (``FOR UPDATE``) first;
+SQLite runs one writer at a time. So a hold computed from what was read is still exact when written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fairmeter.ledger.explain import WindowState, explain_payment
+from fairmeter.ledger.funding import (
+    SPILL_BUCKETS,
+    Allocation,
+    BucketKind,
+    Draw,
+    Funding,
+    Grant,
+    Portion,
+    Refusal,
+    Size,
+    WindowCharge,
+    WindowUse,
+    allocate,
+    draw,
+)
+from fairmeter.ledger.plans import Plan, Switches, parse_switches, plan_from_mapping
+from fairmeter.ledger.windows import Unit, WindowSpec, period_bounds, window_start
+from fairmeter.money import Nano
+from fairmeter.store.sql import Row, Tx
+
+DEFAULT_ORG = "org_default"
+DEFAULT_PAYER = "pay_default"
+DEFAULT_PLAN = "payg"
+
+# Tables shared by both backends; types that both SQLite and PostgreSQL read the same way.
+M002_FUNDING = """
+CREATE TABLE orgs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE teams (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    team_id TEXT REFERENCES teams(id),
+    name TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE plans (
+    name TEXT PRIMARY KEY,
+    spec_json TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE payers (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    user_id TEXT REFERENCES users(id),
+    plan TEXT NOT NULL REFERENCES plans(name),
+    switches_json TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX payers_owner ON payers (org_id, user_id);
+CREATE TABLE window_usage (
+    payer_id TEXT NOT NULL,
+    window_name TEXT NOT NULL,
+    start DOUBLE PRECISION NOT NULL,
+    used BIGINT NOT NULL DEFAULT 0,
+    held BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (payer_id, window_name, start)
+);
+CREATE TABLE period_usage (
+    payer_id TEXT NOT NULL,
+    what TEXT NOT NULL,
+    start DOUBLE PRECISION NOT NULL,
+    used BIGINT NOT NULL DEFAULT 0,
+    held BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (payer_id, what, start)
+);
+CREATE TABLE grants (
+    id TEXT PRIMARY KEY,
+    payer_id TEXT NOT NULL REFERENCES payers(id),
+    amount BIGINT NOT NULL,
+    priority INTEGER NOT NULL,
+    starts_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    created_by TEXT NOT NULL,
+    lapsed_at DOUBLE PRECISION
+);
+CREATE INDEX grants_payer ON grants (payer_id, expires_at);
+CREATE INDEX grants_to_lapse ON grants (expires_at) WHERE lapsed_at IS NULL;
+CREATE TABLE admin_log (
+    id TEXT PRIMARY KEY,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail_json TEXT NOT NULL,
+    ts DOUBLE PRECISION NOT NULL
+);
+ALTER TABLE keys ADD COLUMN org_id TEXT;
+ALTER TABLE keys ADD COLUMN user_id TEXT;
+ALTER TABLE keys ADD COLUMN service TEXT;
+ALTER TABLE keys ADD COLUMN payer_id TEXT;
+ALTER TABLE calls ADD COLUMN payer_id TEXT;
+ALTER TABLE calls ADD COLUMN funding_json TEXT;
+ALTER TABLE calls ADD COLUMN paid_json TEXT;
+ALTER TABLE calls ADD COLUMN explanation TEXT;
+ALTER TABLE transfers ADD COLUMN bucket TEXT
+"""
+
+DEFAULT_PLAN_SPEC = {"name": DEFAULT_PLAN, "order": ["overage"], "overage_enabled": True}
+
+
+async def seed_defaults(tx: Tx, now: float) -> None:
+    """The default organisation, on a pay-as-you-go plan (overage only, no cap), and its payer.
+
+    Keys made without an organisation belong to it, so every call has a payer; existing keys join it.
+    """
+    await tx.execute(
+        "INSERT INTO plans (name, spec_json, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        DEFAULT_PLAN,
+        json.dumps(DEFAULT_PLAN_SPEC),
+        now,
+    )
+    await tx.execute("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'default', $2)", DEFAULT_ORG, now)
+    await tx.execute(
+        "INSERT INTO payers (id, org_id, user_id, plan, switches_json, created_at) VALUES ($1, $2, NULL, $3, $4, $5)",
+        DEFAULT_PAYER,
+        DEFAULT_ORG,
+        DEFAULT_PLAN,
+        "{}",
+        now,
+    )
+    await tx.execute("UPDATE keys SET org_id = $1, payer_id = $2 WHERE payer_id IS NULL", DEFAULT_ORG, DEFAULT_PAYER)
+
+
+# ---- accounts -------------------------------------------------------------------------------
+
+
+def bucket_account(payer_id: str, portion: Portion) -> str:
+    if portion.bucket is BucketKind.GRANTS:
+        return f"grant:{portion.source}"
+    prefix = {BucketKind.SUBSCRIPTION: "sub", BucketKind.CREDITS: "credits", BucketKind.OVERAGE: "overage"}
+    return f"{prefix[portion.bucket]}:{payer_id}"
+
+
+async def add_to_account(tx: Tx, account: str, **deltas: int) -> None:
+    """Add to an account's balances, creating it when it does not exist yet."""
+    cols = [c for c, v in deltas.items() if v]
+    if not cols:
+        return
+    values = [deltas[c] for c in cols]
+    sets = ", ".join(f"{c} = {c} + ${i + 2}" for i, c in enumerate(cols))
+    if await tx.execute(f"UPDATE accounts SET {sets} WHERE id = $1", account, *values) == 0:
+        names = ", ".join(cols)
+        marks = ", ".join(f"${i + 2}" for i in range(len(cols)))
+        await tx.execute(f"INSERT INTO accounts (id, {names}) VALUES ($1, {marks})", account, *values)
+
+
+async def insert_transfer(
+    tx: Tx,
+    call_id: str,
+    kind: str,
+    debit: str,
+    credit: str,
+    amount: Nano,
+    state: str,
+    now: float,
+    *,
+    bucket: str | None = None,
+    reason: str | None = None,
+    pending_id: int | None = None,
+) -> None:
+    await tx.execute(
+        "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts,"
+        " bucket) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        call_id, kind, debit, credit, amount, pending_id, state, reason, now, bucket,
+    )  # fmt: skip
+
+
+# ---- reading a payer's state -----------------------------------------------------------------
+
+_plans: dict[str, Plan] = {}
+
+
+def plan_of(spec_json: str) -> Plan:
+    """Parsed plans, cached by their text (a plan changes only through the admin API)."""
+    plan = _plans.get(spec_json)
+    if plan is None:
+        if len(_plans) > 1000:
+            _plans.clear()
+        plan = _plans[spec_json] = plan_from_mapping(json.loads(spec_json))
+    return plan
+
+
+@dataclass(frozen=True, slots=True)
+class Payer:
+    id: str
+    org_id: str
+    user_id: str | None
+    plan: Plan
+    switches: Switches
+
+
+async def load_payer(tx: Tx, payer_id: str, lock: bool) -> Payer | None:
+    """The payer, its plan and its switches (the plan's defaults under the payer's own settings)."""
+    suffix = " FOR UPDATE OF payers" if lock and tx.dialect == "postgres" else ""
+    row = await tx.fetchrow(
+        "SELECT payers.id, payers.org_id, payers.user_id, payers.switches_json, plans.spec_json"
+        " FROM payers JOIN plans ON plans.name = payers.plan WHERE payers.id = $1" + suffix,
+        payer_id,
+    )
+    if row is None:
+        return None
+    plan = plan_of(row["spec_json"])
+    switches = parse_switches(json.loads(row["switches_json"]), plan.switches)
+    return Payer(row["id"], row["org_id"], row["user_id"], plan, switches)
+
+
+async def window_uses(tx: Tx, payer: Payer, now: float) -> tuple[WindowUse, ...]:
+    """Each window's current period as a call at ``now`` sees it (one query for all windows)."""
+    if not payer.plan.windows:
+        return ()
+    oldest = now - max(w.span_s for w in payer.plan.windows)
+    rows = await tx.fetch(
+        "SELECT window_name, start, used, held FROM window_usage WHERE payer_id = $1 AND start > $2",
+        payer.id,
+        oldest,
+    )
+    by_name: dict[str, list[Row]] = {}
+    for r in rows:
+        by_name.setdefault(r["window_name"], []).append(r)
+    out = []
+    for spec in payer.plan.windows:
+        mine = by_name.get(spec.name, [])
+        latest = max((r["start"] for r in mine), default=None)
+        start, opens = window_start(spec, latest, now)
+        row = next((r for r in mine if r["start"] == start), None)
+        out.append(WindowUse(spec, start, opens, row["used"] if row else 0, row["held"] if row else 0))
+    return tuple(out)
+
+
+async def live_grants(tx: Tx, payer_id: str, now: float) -> tuple[Grant, ...]:
+    rows = await tx.fetch(
+        "SELECT g.id, g.amount, g.priority, g.starts_at, g.expires_at, g.created_at, g.reason,"
+        " a.debits_posted, a.debits_pending FROM grants g JOIN accounts a ON a.id = 'grant:' || g.id"
+        " WHERE g.payer_id = $1 AND g.expires_at > $2",
+        payer_id,
+        now,
+    )
+    return tuple(
+        Grant(
+            r["id"], r["amount"], r["debits_posted"], r["debits_pending"], r["priority"],
+            r["starts_at"], r["expires_at"], r["created_at"], r["reason"],
+        )
+        for r in rows
+    )  # fmt: skip
+
+
+async def account_room(tx: Tx, account: str) -> Nano:
+    """What a prepaid bucket can still pay: credits in, minus posted and pending debits."""
+    row = await tx.fetchrow(
+        "SELECT credits_posted - debits_posted - debits_pending AS room FROM accounts WHERE id = $1", account
+    )
+    return max(0, int(row["room"])) if row else 0
+
+
+async def period_used(tx: Tx, payer_id: str, what: str, start: float) -> Nano:
+    row = await tx.fetchrow(
+        "SELECT used + held AS total FROM period_usage WHERE payer_id = $1 AND what = $2 AND start = $3",
+        payer_id,
+        what,
+        start,
+    )
+    return int(row["total"]) if row else 0
+
+
+async def load_funding(tx: Tx, payer: Payer, now: float) -> Funding:
+    """Everything :func:`allocate` needs, read only for the buckets this payer's plan can use."""
+    plan, sw = payer.plan, payer.switches
+    spill = sw.spill_to_credits and any(b in SPILL_BUCKETS for b in plan.order)
+    overage = sw.overage_enabled and BucketKind.OVERAGE in plan.order
+    spill_room = overage_room = None
+    if spill and sw.spill_cap is not None:
+        start, _ = period_bounds(sw.spill_period, now)
+        spill_room = max(0, sw.spill_cap - await period_used(tx, payer.id, "spill", start))
+    if overage and sw.overage_cap is not None:
+        start, _ = period_bounds(sw.overage_period, now)
+        overage_room = max(0, sw.overage_cap - await period_used(tx, payer.id, "overage", start))
+    return Funding(
+        order=plan.order,
+        windows=await window_uses(tx, payer, now),
+        grants=await live_grants(tx, payer.id, now) if spill and BucketKind.GRANTS in plan.order else (),
+        credits_room=(
+            await account_room(tx, f"credits:{payer.id}") if spill and BucketKind.CREDITS in plan.order else 0
+        ),
+        spill_to_credits=sw.spill_to_credits,
+        spill_room=spill_room,
+        overage_enabled=sw.overage_enabled,
+        overage_room=overage_room,
+    )
+
+
+# ---- writing holds and settlements ----------------------------------------------------------
+
+
+def allocation_json(a: Allocation, spill_start: float | None, overage_start: float | None) -> str:
+    """What a settlement needs of its hold: the portions, the window periods, the cap periods."""
+    return json.dumps(
+        {
+            "portions": [[p.bucket.value, p.source, p.amount] for p in a.portions],
+            "windows": [[w.name, w.start, w.amount, w.unit.value] for w in a.windows],
+            "spill_start": spill_start,
+            "overage_start": overage_start,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HeldFunding:
+    allocation: Allocation
+    spill_start: float | None  # float-ok: seconds
+    overage_start: float | None  # float-ok: seconds
+
+
+def held_from_json(text: str) -> HeldFunding:
+    data = json.loads(text)
+    return HeldFunding(
+        Allocation(
+            tuple(Portion(BucketKind(b), s, a) for b, s, a in data["portions"]),
+            tuple(WindowCharge(n, st, a, Unit(u)) for n, st, a, u in data["windows"]),
+        ),
+        data["spill_start"],
+        data["overage_start"],
+    )
+
+
+async def _count(tx: Tx, table: str, keycols: tuple[str, ...], keys: tuple[object, ...], used: int, held: int) -> None:
+    """Add to a usage counter row (window or period), creating it on first use."""
+    if not used and not held:
+        return
+    n = len(keys)
+    where = " AND ".join(f"{c} = ${i + 3}" for i, c in enumerate(keycols))
+    if await tx.execute(f"UPDATE {table} SET used = used + $1, held = held + $2 WHERE {where}", used, held, *keys):
+        return
+    cols = ", ".join(keycols)
+    marks = ", ".join(f"${i + 3}" for i in range(n))
+    await tx.execute(f"INSERT INTO {table} ({cols}, used, held) VALUES ({marks}, $1, $2)", used, held, *keys)
+
+
+async def _count_windows(tx: Tx, payer_id: str, charges: tuple[WindowCharge, ...], sign: int, posted: bool) -> None:
+    for w in charges:
+        used, held = (w.amount, 0) if posted else (0, w.amount)
+        await _count(tx, "window_usage", ("payer_id", "window_name", "start"), (payer_id, w.name, w.start),
+                     sign * used, sign * held)  # fmt: skip
+
+
+async def _count_periods(tx: Tx, payer_id: str, held: HeldFunding, a: Allocation, sign: int, posted: bool) -> None:
+    spill = sum(p.amount for p in a.portions if p.bucket in SPILL_BUCKETS)
+    over = a.amount_of(BucketKind.OVERAGE)
+    for what, start, amount in (("spill", held.spill_start, spill), ("overage", held.overage_start, over)):
+        if start is not None and amount:
+            used, hold = (amount, 0) if posted else (0, amount)
+            await _count(tx, "period_usage", ("payer_id", "what", "start"), (payer_id, what, start),
+                         sign * used, sign * hold)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FundingHold:
+    """A placed funding hold (``refusal`` None), or why it was refused."""
+
+    held: HeldFunding | None
+    refusal: Refusal | None = None
+    funding: Funding | None = None
+
+
+async def hold_funding(tx: Tx, call_id: str, payer_id: str, key_account: str, size: Size, now: float) -> FundingHold:
+    """Place a call's worst case on the payer's buckets in burn order (or refuse), atomically with the call."""
+    payer = await load_payer(tx, payer_id, lock=True)
+    if payer is None:
+        raise LookupError(f"no payer {payer_id}")
+    funding = await load_funding(tx, payer, now)
+    result = allocate(funding, size, now)
+    if isinstance(result, Refusal):
+        return FundingHold(None, result, funding)
+    sw = payer.switches
+    held = HeldFunding(
+        result,
+        period_bounds(sw.spill_period, now)[0] if sw.spill_cap is not None else None,
+        period_bounds(sw.overage_period, now)[0] if sw.overage_cap is not None else None,
+    )
+    for p in result.portions:
+        account = bucket_account(payer_id, p)
+        await add_to_account(tx, account, debits_pending=p.amount)
+        await insert_transfer(tx, call_id, "hold", account, key_account, p.amount, "pending", now, bucket=p.bucket)
+    await add_to_account(tx, key_account, credits_pending=result.total)
+    await _count_windows(tx, payer_id, result.windows, +1, posted=False)
+    await _count_periods(tx, payer_id, held, result, +1, posted=False)
+    return FundingHold(held)
+
+
+@dataclass(frozen=True, slots=True)
+class FundingSettled:
+    paid: Allocation  # every bucket that paid, in order (placed afterwards included)
+    overrun: Nano  # posted to overage beyond every room, flagged
+    explanation: str
+
+
+async def settle_funding(
+    tx: Tx,
+    call_id: str,
+    payer_id: str,
+    key_account: str,
+    held_text: str,
+    actual: Size,
+    now: float,
+    *,
+    void: bool,
+) -> FundingSettled:
+    """Draw the real cost from the held buckets in order, release the rest; place what is left over."""
+    held = held_from_json(held_text)
+    alloc = held.allocation
+    await tx.execute(
+        "UPDATE transfers SET state = $1 WHERE call_id = $2 AND kind = 'hold' AND credit_account = $3"
+        " AND state = 'pending'",
+        "voided" if void else "posted",
+        call_id,
+        key_account,
+    )
+    dead = set()
+    if not void and any(p.bucket is BucketKind.GRANTS for p in alloc.portions):
+        rows = await tx.fetch("SELECT id FROM grants WHERE payer_id = $1 AND expires_at <= $2", payer_id, now)
+        dead = {r["id"] for r in rows}
+    d = draw(alloc, Size(0) if void else actual, lambda gid: gid not in dead)
+    paid_by = {(p.bucket, p.source): p.amount for p in d.paid.portions}
+    for p in alloc.portions:
+        account = bucket_account(payer_id, p)
+        paid = paid_by.get((p.bucket, p.source), 0)
+        await add_to_account(tx, account, debits_pending=-p.amount, debits_posted=paid)
+        if paid:
+            await insert_transfer(tx, call_id, "post", account, key_account, paid, "posted", now, bucket=p.bucket)
+    await add_to_account(tx, key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
+    await _count_windows(tx, payer_id, alloc.windows, -1, posted=False)
+    await _count_windows(tx, payer_id, d.paid.windows, +1, posted=True)
+    await _count_periods(tx, payer_id, held, alloc, -1, posted=False)
+    await _count_periods(tx, payer_id, held, d.paid, +1, posted=True)
+    extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now)
+    portions = d.paid.portions + extra.portions
+    paid_all = Allocation(portions, d.paid.windows)
+    return FundingSettled(paid_all, overrun, await explanation(tx, payer_id, paid_all, held))
+
+
+async def _place_unplaced(
+    tx: Tx, call_id: str, payer_id: str, key_account: str, d: Draw, now: float
+) -> tuple[Allocation, Nano]:
+    """Cost no held portion could take: on current room in burn order, else overage as a flagged overrun."""
+    if d.unplaced == 0:
+        return Allocation(()), 0
+    payer = await load_payer(tx, payer_id, lock=True)
+    assert payer is not None
+    funding = await load_funding(tx, payer, now)
+    placed = allocate(funding, Size(d.unplaced), now)
+    overrun = 0
+    if isinstance(placed, Refusal):
+        overrun = d.unplaced
+        placed = Allocation((Portion(BucketKind.OVERAGE, BucketKind.OVERAGE.value, overrun),))
+    sw = payer.switches
+    as_held = HeldFunding(
+        placed,
+        period_bounds(sw.spill_period, now)[0] if sw.spill_cap is not None else None,
+        period_bounds(sw.overage_period, now)[0] if sw.overage_cap is not None and not overrun else None,
+    )
+    for p in placed.portions:
+        account = bucket_account(payer_id, p)
+        await add_to_account(tx, account, debits_posted=p.amount)
+        kind, reason = ("overrun", "cost beyond every bucket's room") if overrun else ("post", "placed at settlement")
+        await insert_transfer(tx, call_id, kind, account, key_account, p.amount, "posted", now,
+                              bucket=p.bucket, reason=reason)  # fmt: skip
+    await add_to_account(tx, key_account, credits_posted=placed.total)
+    await _count_windows(tx, payer_id, placed.windows, +1, posted=True)
+    await _count_periods(tx, payer_id, as_held, placed, +1, posted=True)
+    return placed, overrun
+
+
+async def window_states(
+    tx: Tx, payer_id: str, specs: tuple[WindowSpec, ...], periods: dict[str, tuple[float, bool]]
+) -> list[WindowState]:
+    """The windows' periods as they stand (``periods``: name → (start, opened)); a block not opened has no reset."""
+    out = []
+    for spec in specs:
+        start, opened = periods[spec.name]
+        row = await tx.fetchrow(
+            "SELECT used, held FROM window_usage WHERE payer_id = $1 AND window_name = $2 AND start = $3",
+            payer_id,
+            spec.name,
+            start,
+        )
+        used, held = (row["used"], row["held"]) if row else (0, 0)
+        resets = start + spec.span_s if opened else None
+        out.append(WindowState(spec.name, spec.label, spec.unit, used, held, spec.limit, resets))
+    return out
+
+
+async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding) -> str:
+    payer = await load_payer(tx, payer_id, lock=False)
+    specs = payer.plan.windows if payer else ()
+    periods = {w.name: (w.start, True) for w in held.allocation.windows}
+    specs = tuple(s for s in specs if s.name in periods)
+    states = await window_states(tx, payer_id, specs, periods)
+    reasons = {}
+    grant_ids = [p.source for p in paid.portions if p.bucket is BucketKind.GRANTS]
+    for gid in grant_ids:
+        row = await tx.fetchrow("SELECT reason FROM grants WHERE id = $1", gid)
+        if row:
+            reasons[gid] = row["reason"]
+    return explain_payment(paid, states, reasons)
+
+
+def paid_json(s: FundingSettled) -> str:
+    return json.dumps(
+        {
+            "portions": [[p.bucket.value, p.source, p.amount] for p in s.paid.portions],
+            "windows": [[w.name, w.start, w.amount, w.unit.value] for w in s.paid.windows],
+            "overrun": s.overrun,
+        }
+    )
