@@ -1,0 +1,240 @@
+"""A stateful property test of the ledger and the funding buckets (hypothesis ``RuleBasedStateMachine``).
+
+It interleaves holds, settlements, voids, lease lapses (settled at an estimate), grants, grant
+expiries, top-ups, refunds, switch changes and clock advances on a real database, and after every
+step checks: debits equal credits; no bucket is negative; no window, spill cap or overage cap is
+exceeded; each hold took the buckets in burn order (against an independent greedy model of the
+rooms the API reports); and each settlement's explanation names exactly what was posted.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+
+from fairmeter.ledger.funding import Size
+from fairmeter.ledger.verify import verify_books
+from fairmeter.money import parse_usd, to_nano, usd_text
+from fairmeter.store import admin_sql, funding_sql
+from fairmeter.store.sql import SQLiteTx, run_now
+from fairmeter.store.sqlite import SQLiteStore
+
+USD = 1_000_000_000
+START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
+PLAN = {
+    "name": "sub",
+    "windows": [
+        {"name": "5h", "kind": "block", "hours": 5, "limit_usd": "3"},
+        {"name": "weekly", "kind": "weekly", "anchor": "monday 09:00", "limit_usd": "10"},
+    ],
+    "spill_to_credits": True,
+    "spill_cap_usd": "6",
+    "spill_period": "day",
+    "overage_enabled": False,
+    "overage_cap_usd": "2",
+    "overage_period": "month",
+}
+# Dimes up to $3 fill windows and grants within a few steps; odd amounts test the rounding edges.
+amounts = st.integers(1, 30).map(lambda k: k * USD // 10) | st.integers(min_value=1, max_value=3 * USD)
+
+
+def nano(text: str) -> int:
+    return to_nano(parse_usd(text))
+
+
+class FundingMachine(RuleBasedStateMachine):
+    calls = Bundle("calls")
+    settled = Bundle("settled")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.TemporaryDirectory()
+        self.store = SQLiteStore(f"sqlite:///{Path(self.dir.name) / 'm.db'}", START)
+        self.tx = SQLiteTx(self.store.db)
+        self.now = START
+        self.n = 0
+        self.run(admin_sql.create_org(self.tx, "o", "m", self.now))
+        self.run(admin_sql.put_plan(self.tx, dict(PLAN), "m", self.now))
+        self.payer = self.run(admin_sql.create_payer(self.tx, "o", None, "sub", {}, "m", self.now))["id"]
+        self.key = "key:k"
+
+    def teardown(self) -> None:
+        self.store.close()
+        self.dir.cleanup()
+
+    def run(self, coro: Any) -> Any:
+        with self.store.transaction():
+            return run_now(coro)
+
+    # ---- money in and switches -----------------------------------------------------------------
+
+    @rule(amount=amounts, priority=st.integers(0, 3), ttl_h=st.integers(1, 300))
+    def grant(self, amount: int, priority: int, ttl_h: int) -> None:
+        self.run(admin_sql.add_grant(self.tx, self.payer, amount, "promo", "m", self.now, priority=priority,
+                                     expires_at=self.now + ttl_h * 3600))  # fmt: skip
+
+    @rule(amount=amounts)
+    def topup(self, amount: int) -> None:
+        self.run(admin_sql.topup(self.tx, self.payer, amount, "inv", "m", self.now))
+
+    @rule(spill=st.booleans(), overage=st.booleans())
+    def switches(self, spill: bool, overage: bool) -> None:
+        self.run(admin_sql.set_payer(self.tx, self.payer, {"spill_to_credits": spill, "overage_enabled": overage},
+                                     "m", self.now))  # fmt: skip
+
+    @rule(minutes=st.integers(1, 3 * 24 * 60))
+    def advance(self, minutes: int) -> None:
+        self.now += minutes * 60
+
+    @rule()
+    def lapse_grants(self) -> None:
+        self.run(admin_sql.lapse_grants(self.tx, self.now))
+
+    # ---- calls -----------------------------------------------------------------------------------
+
+    @rule(target=calls, amount=amounts)
+    def hold(self, amount: int) -> Any:
+        before = self.run(admin_sql.limits(self.tx, self.payer, self.now))
+        self.n += 1
+        cid = f"c{self.n}"
+        h = self.run(funding_sql.hold_funding(self.tx, cid, self.payer, self.key, Size(amount), self.now))
+        expected = greedy(before, amount)
+        if h.held is None:
+            assert expected is None, f"refused although the rooms {before} cover {amount}"
+            return None
+        got = [(p.bucket.value, p.source, p.amount) for p in h.held.allocation.portions]
+        assert got == expected, f"burn order: held {got}, the rooms say {expected}"
+        text = funding_sql.allocation_json(h.held.allocation, h.held.spill_start, h.held.overage_start)
+        return (cid, text, amount)
+
+    def _settle(self, call: Any, cost: int, void: bool) -> funding_sql.FundingSettled | None:
+        if call is None:
+            return None
+        cid, text, _ = call
+        s = self.run(
+            funding_sql.settle_funding(self.tx, cid, self.payer, self.key, text, Size(cost), self.now, void=void)
+        )
+        posted: dict[str, int] = {}
+        for t in self.store.transfers():
+            if t.call_id == cid and t.kind in ("post", "overrun"):
+                posted[t.debit_account] = posted.get(t.debit_account, 0) + t.amount
+        held = funding_sql.held_from_json(text).allocation
+        expired = {r[0] for r in self.store.db.execute("SELECT id FROM grants WHERE expires_at <= ?", (self.now,))}
+        fill, rest = [], 0 if void else cost  # the draw must fill the held portions front to back
+        for p in held.portions:
+            take = 0 if p.source in expired else min(rest, p.amount)
+            rest -= take
+            if take:
+                fill.append((p.bucket.value, p.source, take))
+        if rest == 0:
+            assert [(p.bucket.value, p.source, p.amount) for p in s.paid.portions] == fill
+        claimed: dict[str, int] = {}
+        for p in s.paid.portions:
+            acct = funding_sql.bucket_account(self.payer, p)
+            claimed[acct] = claimed.get(acct, 0) + p.amount
+        assert posted == claimed
+        assert sum(posted.values()) == (0 if void else cost)
+        said = sorted(to_nano(parse_usd(x)) for x in re.findall(r"\$([0-9.]+) from", s.explanation))
+        assert said == sorted(p.amount for p in s.paid.portions), s.explanation
+        if void or cost == 0:
+            assert s.explanation == "Nothing was charged."
+        with self.store.transaction():
+            self.store.db.execute(
+                "INSERT INTO calls (id, key_id, provider, api, status, started_at, payer_id, paid_json)"
+                " VALUES (?, 'k', 'openai', 'chat', 'ok', ?, ?, ?)",
+                (cid, self.now, self.payer, funding_sql.paid_json(s)),
+            )
+        return s
+
+    @rule(target=settled, call=consumes(calls), share=st.fractions(0, 1))
+    def settle(self, call: Any, share: Any) -> Any:
+        cost = int(call[2] * share) if call else 0
+        return call[0] if self._settle(call, cost, void=False) and cost else None
+
+    @rule(call=consumes(calls))
+    def void(self, call: Any) -> None:
+        self._settle(call, 0, void=True)
+
+    @rule(target=settled, call=consumes(calls))
+    def lease_lapses(self, call: Any) -> Any:
+        """A forwarded call whose process died: settled at its estimate (here a third of the hold)."""
+        if call is None:
+            return None
+        self._settle(call, call[2] // 3, void=False)
+        return call[0] if call[2] // 3 else None
+
+    @rule(call=settled, share=st.fractions(0, 1))
+    def refund(self, call: Any, share: Any) -> None:
+        if call is None:
+            return
+        row = self.store.db.execute("SELECT paid_json FROM calls WHERE id = ?", (call,)).fetchone()
+        import json
+
+        charged = sum(a for _, _, a in json.loads(row[0])["portions"])
+        done = sum(t.amount for t in self.store.transfers() if t.call_id == call and t.kind in ("refund", "regrant"))
+        amount = int((charged - done) * share)
+        if amount <= 0:
+            return
+        self.run(admin_sql.refund_call(self.tx, call, amount, "support", "m", self.now))
+
+    # ---- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def books_balance_and_nothing_is_negative_or_over(self) -> None:
+        balanced, _, problems = verify_books(self.store.accounts(), self.store.transfers())
+        assert balanced, problems
+        for a in self.store.accounts():
+            if a.id.startswith(("grant:", "credits:")):
+                assert a.credits_posted - a.debits_posted - a.debits_pending >= 0, a
+        db = self.store.db
+        limits = {w["name"]: nano(w["limit_usd"]) for w in PLAN["windows"]}  # type: ignore[index]
+        for name, used, held in db.execute("SELECT window_name, used, held FROM window_usage"):
+            assert 0 <= held and 0 <= used and used + held <= limits[name], (name, used, held)
+        caps = {"spill": nano("6"), "overage": nano("2")}
+        for what, used, held in db.execute("SELECT what, used, held FROM period_usage"):
+            assert 0 <= held and used + held <= caps[what], (what, used, held)
+
+
+def greedy(limits: dict[str, Any], amount: int) -> list[tuple[str, str, int]] | None:
+    """The burn order from what /limits reports, computed independently of the allocator."""
+    rooms: list[tuple[str, str, int]] = []
+    windows = limits["windows"]
+    if windows:
+        rooms.append(("subscription", "subscription", min(nano(w["remaining"]) for w in windows)))
+    spill = limits["spill_to_credits"]
+    if spill["enabled"]:
+        cap = None if spill["remaining_usd"] is None else nano(spill["remaining_usd"])
+        for g in limits["grants"]:  # listed in burn order; the machine's grants start when issued
+            rooms.append(("grants", g["id"], nano(g["remaining_usd"])))
+        rooms.append(("credits", "credits", nano(limits["credits"]["remaining_usd"])))
+    else:
+        cap = None
+    over = limits["overage"]
+    if over["enabled"]:
+        rooms.append(("overage", "overage", amount if over["remaining_usd"] is None else nano(over["remaining_usd"])))
+    out = []
+    rest = amount
+    for bucket, source, room in rooms:
+        take = min(rest, room)
+        if bucket in ("grants", "credits") and cap is not None:
+            take = min(take, cap)
+            cap -= take
+        if take > 0:
+            out.append((bucket, source, take))
+            rest -= take
+    return out if rest == 0 else None
+
+
+FundingMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
+TestFunding = FundingMachine.TestCase
+
+
+def test_usd_text_is_what_the_machine_parses() -> None:
+    assert usd_text(1_500_000_000) == "$1.50" and nano("1.50") == 1_500_000_000
