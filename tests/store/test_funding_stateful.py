@@ -9,6 +9,7 @@ rooms the API reports); and each settlement's explanation names exactly what was
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from datetime import UTC, datetime
@@ -175,8 +176,6 @@ class FundingMachine(RuleBasedStateMachine):
         if call is None:
             return
         row = self.store.db.execute("SELECT paid_json FROM calls WHERE id = ?", (call,)).fetchone()
-        import json
-
         charged = sum(a for _, _, a in json.loads(row[0])["portions"])
         done = sum(t.amount for t in self.store.transfers() if t.call_id == call and t.kind in ("refund", "regrant"))
         amount = int((charged - done) * share)
@@ -196,10 +195,10 @@ class FundingMachine(RuleBasedStateMachine):
         db = self.store.db
         limits = {w["name"]: nano(w["limit_usd"]) for w in PLAN["windows"]}  # type: ignore[index]
         for name, used, held in db.execute("SELECT window_name, used, held FROM window_usage"):
-            assert 0 <= held and 0 <= used and used + held <= limits[name], (name, used, held)
+            assert held >= 0 and used >= 0 and used + held <= limits[name], (name, used, held)
         caps = {"spill": nano("6"), "overage": nano("2")}
         for what, used, held in db.execute("SELECT what, used, held FROM period_usage"):
-            assert 0 <= held and used + held <= caps[what], (what, used, held)
+            assert held >= 0 and used + held <= caps[what], (what, used, held)
 
 
 def greedy(limits: dict[str, Any], amount: int) -> list[tuple[str, str, int]] | None:
