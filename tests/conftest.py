@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.sync_store import SyncStore
 
 from fairmeter.config import Config, parse_config
 from fairmeter.gateway.server import GatewayServer
-from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.store.protocol import CallPage
 from fairmeter.testing import EmulatorServer
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"
@@ -44,7 +45,7 @@ class Gw:
         self.openai_base_url = server.openai_base_url
         # The tests' own connection: the gateway's is used by its event-loop thread, and sharing it
         # would let a test read a transaction the gateway has not committed yet.
-        self.store = SQLiteStore(server.state.config.database_url, time.time())
+        self.store = SyncStore.open(server.state.config.database_url)
         self.clients: list[Any] = []
 
     def close_clients(self) -> None:
@@ -54,8 +55,7 @@ class Gw:
 
     def key(self, max_spend_nano: int | None = None, admin: bool = False, name: str = "test") -> tuple[str, str]:
         """Create a key; returns (key id, secret)."""
-        with self.store.transaction():
-            rec, secret = self.store.create_key(name, max_spend_nano, admin, self.server.state.clock.now())
+        rec, secret = self.store.create_key(name, max_spend_nano, admin, self.server.state.clock.now())
         return rec.id, secret
 
     def call(self, call_id: str, wait: float = 5.0) -> dict[str, Any]:
@@ -74,7 +74,7 @@ class Gw:
     def calls(self) -> list[dict[str, Any]]:
         from fairmeter.store.records import call_json
 
-        rows = self.store.list_calls(None, 1000, None, None, None, None)
+        rows = self.store.list_calls(CallPage(limit=1000))
         return [self.call(r["id"]) if r["status"] == "pending" else call_json(r) for r in rows]
 
 

@@ -411,3 +411,11 @@ def test_read_commands_refuse_a_database_that_does_not_exist(tmp_path: Path) -> 
         proc = run(*argv, "--database-url", url, cwd=tmp_path)
         assert proc.returncode == 2 and "no fairmeter database" in proc.stderr, argv
     assert not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["keys", "create", "--name", "x"], ["calls", "list"], ["verify"]])
+def test_an_unsupported_database_url_exits_2_with_a_message(tmp_path: Path, argv: list[str]) -> None:
+    proc = run(*argv, "--database-url", "mysql://root:hunter2@db/fm", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("fairmeter: unsupported database_url mysql://…: expected sqlite:///PATH")
+    assert "hunter2" not in proc.stderr

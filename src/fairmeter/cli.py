@@ -15,8 +15,10 @@ from fairmeter.clock import SystemClock
 from fairmeter.config import Config, load_config, max_spend_from_cli
 from fairmeter.errors import ConfigError
 from fairmeter.money import usd_str
+from fairmeter.store import Store, open_store, run_with
+from fairmeter.store.protocol import CallPage
 from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso
-from fairmeter.store.sqlite import SQLiteStore, sqlite_path
+from fairmeter.store.sqlite import sqlite_path
 from fairmeter.tables import print_calls
 
 
@@ -39,14 +41,14 @@ def _limit(text: str) -> int:
     return value
 
 
-def _store(config: Config, create: bool = False) -> SQLiteStore:
-    """Open the database; commands that only read or change existing records refuse to create one."""
-    if not config.database_url.startswith("sqlite:///"):
-        raise ConfigError(f"unsupported database_url {config.database_url!r}: this version supports sqlite:///PATH")
-    path = sqlite_path(config.database_url)
-    if not create and path != ":memory:" and not Path(path).exists():
-        raise ConfigError(f"no fairmeter database at {path} (check --database-url / database_url)")
-    return SQLiteStore(config.database_url, SystemClock().now())
+def _store(config: Config, create: bool = False) -> Store:
+    """Open the database; commands that only read or change existing records refuse to create a SQLite file."""
+    url = config.database_url
+    if not create and url.startswith("sqlite:///"):
+        path = sqlite_path(url)
+        if path != ":memory:" and not Path(path).exists():
+            raise ConfigError(f"no fairmeter database at {path} (check --database-url / database_url)")
+    return open_store(url, SystemClock().now())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -80,52 +82,58 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _store(config, create=args.keys_cmd == "create")
-    now = SystemClock().now()
     if args.keys_cmd == "create":
-        cap = max_spend_from_cli(args.max_spend_usd)
-        if cap is None:
-            cap = config.default_key_max_spend
-        with store.transaction():
-            key, secret = store.create_key(args.name, cap, args.admin, now)
-        cap_text = None if cap is None else usd_str(cap)
-        if args.json:
-            print(json.dumps({"id": key.id, "key": secret, "name": key.name, "max_spend_usd": cap_text}))
-        else:
-            print(f"created key {key.id} ({key.name}); spend cap: {'none' if cap_text is None else '$' + cap_text}")
-            print(f"  {secret}")
-            print("This is the only time the key is shown; it is stored as a hash.")
-        return 0
+        return run_with(store, lambda s: _create_key(args, config, s))
     if args.keys_cmd == "list":
-        rows: list[dict[str, Any]] = []
-        for k in store.list_keys():
-            spent, held = store.key_spend(k.id)
-            rows.append(
-                {
-                    "id": k.id,
-                    "name": k.name,
-                    "prefix": k.prefix,
-                    "admin": k.admin,
-                    "max_spend_usd": None if k.max_spend is None else usd_str(k.max_spend),
-                    "spent_usd": usd_str(spent),
-                    "held_usd": usd_str(held),
-                    "created_at": iso(k.created_at),
-                    "revoked_at": iso(k.revoked_at),
-                }
-            )
-        if args.json:
-            print(json.dumps(rows))
-        else:
-            print(f"{'id':<18} {'name':<20} {'cap USD':>12} {'spent USD':>14} {'held USD':>12}  state")
-            for r in rows:
-                cap_s = r["max_spend_usd"] or "none"
-                state = "revoked" if r["revoked_at"] else ("admin" if r["admin"] else "active")
-                print(
-                    f"{r['id']:<18} {r['name'][:20]:<20} {cap_s:>12} {r['spent_usd']:>14} {r['held_usd']:>12}  {state}"
-                )
+        return run_with(store, lambda s: _list_keys(args, s))
+    return run_with(store, lambda s: _revoke_key(args, s))
+
+
+async def _create_key(args: argparse.Namespace, config: Config, store: Store) -> int:
+    cap = max_spend_from_cli(args.max_spend_usd)
+    if cap is None:
+        cap = config.default_key_max_spend
+    key, secret = await store.create_key(args.name, cap, args.admin, SystemClock().now())
+    cap_text = None if cap is None else usd_str(cap)
+    if args.json:
+        print(json.dumps({"id": key.id, "key": secret, "name": key.name, "max_spend_usd": cap_text}))
+    else:
+        print(f"created key {key.id} ({key.name}); spend cap: {'none' if cap_text is None else '$' + cap_text}")
+        print(f"  {secret}")
+        print("This is the only time the key is shown; it is stored as a hash.")
+    return 0
+
+
+async def _list_keys(args: argparse.Namespace, store: Store) -> int:
+    rows: list[dict[str, Any]] = []
+    for k in await store.list_keys():
+        spent, held = await store.key_spend(k.id)
+        rows.append(
+            {
+                "id": k.id,
+                "name": k.name,
+                "prefix": k.prefix,
+                "admin": k.admin,
+                "max_spend_usd": None if k.max_spend is None else usd_str(k.max_spend),
+                "spent_usd": usd_str(spent),
+                "held_usd": usd_str(held),
+                "created_at": iso(k.created_at),
+                "revoked_at": iso(k.revoked_at),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows))
         return 0
-    with store.transaction():
-        ok = store.revoke_key(args.id, now)
-    if not ok:
+    print(f"{'id':<18} {'name':<20} {'cap USD':>12} {'spent USD':>14} {'held USD':>12}  state")
+    for r in rows:
+        cap_s = r["max_spend_usd"] or "none"
+        state = "revoked" if r["revoked_at"] else ("admin" if r["admin"] else "active")
+        print(f"{r['id']:<18} {r['name'][:20]:<20} {cap_s:>12} {r['spent_usd']:>14} {r['held_usd']:>12}  {state}")
+    return 0
+
+
+async def _revoke_key(args: argparse.Namespace, store: Store) -> int:
+    if not await store.revoke_key(args.id, SystemClock().now()):
         print(f"no active key with id {args.id}", file=sys.stderr)
         return 1
     print(f"revoked {args.id}")
@@ -133,8 +141,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
-    rows = [call_json(r) for r in store.list_calls(None, args.limit, None, None, args.status, None)]
+    page = CallPage(limit=args.limit, status=args.status)
+    rows = [call_json(r) for r in run_with(_store(_config(args)), lambda s: s.list_calls(page))]
     if args.json:
         print(json.dumps({"data": rows}))
         return 0
@@ -145,7 +153,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from fairmeter.verify import verify_store
 
-    result = verify_store(_store(_config(args)))
+    result = run_with(_store(_config(args)), verify_store)
     if args.json:
         print(json.dumps(result))
     else:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from fairmeter.config import parse_config
-from fairmeter.money import NANO_PER_USD, to_nano, usd_str
-from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.money import NANO_PER_USD, Nano, to_nano, usd_str
+from fairmeter.store import Store, open_store, run_with
 from fairmeter.tables import print_calls
 
 DEMO_CAP_NANO = 5 * NANO_PER_USD // 100  # $0.05
@@ -24,7 +24,6 @@ def run_demo(base: Path) -> int:
 
     from fairmeter.gateway.server import GatewayServer
     from fairmeter.testing import EmulatorServer
-    from fairmeter.verify import verify_store
 
     base.mkdir(parents=True, exist_ok=True)
     db = base / "demo.db"
@@ -44,9 +43,9 @@ def run_demo(base: Path) -> int:
             "demo",
         )
         with GatewayServer(config) as gw:
-            store = SQLiteStore(config.database_url, gw.state.clock.now())  # our own connection, not the gateway's
-            with store.transaction():
-                key, secret = store.create_key("demo", DEMO_CAP_NANO, False, gw.state.clock.now())
+            now = gw.state.clock.now()
+            store = open_store(config.database_url, now)  # our own connection, not the gateway's
+            key, secret = run_with(store, lambda s: s.create_key("demo", DEMO_CAP_NANO, False, now))
             print(f"gateway on {gw.origin}, SQLite file {db}")
             print(f"demo key {key.id} with a spend cap of ${usd_str(DEMO_CAP_NANO)}\n")
             oai = openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=0)
@@ -96,13 +95,18 @@ def run_demo(base: Path) -> int:
             print()
             print_calls(rows)
             total = sum(to_nano(Decimal(r["billed_usd"])) for r in rows)
-            spent, held = store.key_spend(key.id)
+            (spent, held), result = run_with(open_store(config.database_url, now), lambda s: _books(s, key.id))
             print(f"\ntotal billed: ${usd_str(total)}  (key spent ${usd_str(spent)}, held ${usd_str(held)})")
-            result = verify_store(store)
             print(f"books balanced: {result['balanced']}, caps ok: {result['caps_ok']}")
             ok = result["balanced"] and result["caps_ok"] and total == spent and held == 0
-            store.close()
     return 0 if ok else 1
+
+
+async def _books(store: Store, key_id: str) -> tuple[tuple[Nano, Nano], dict[str, Any]]:
+    """The demo key's (spent, held) and the verdict of `fairmeter verify`."""
+    from fairmeter.verify import verify_store
+
+    return await store.key_spend(key_id), await verify_store(store)
 
 
 def step(text: str) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 from fairmeter.config import PriceOverride, parse_config
 from fairmeter.pricing.rates import rates_from_mapping
+from fairmeter.store import open_store, run_with
 from fairmeter.store.records import USAGE_FIELDS
-from fairmeter.store.sqlite import SQLiteStore
 
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
 REPLAY_FIELDS = ("id", "usage_status", *USAGE_FIELDS, "cost_usd", "billed_usd", "estimated")
@@ -78,10 +78,9 @@ def replay_cases(cases: list[dict[str, Any]], workdir: Path) -> list[dict[str, A
             "replay",
         )
         with GatewayServer(config) as gw:
-            store = SQLiteStore(config.database_url, gw.state.clock.now())  # our own connection
-            with store.transaction():
-                _, secret = store.create_key("replay", None, True, gw.state.clock.now())
-            store.close()
+            now = gw.state.clock.now()
+            store = open_store(config.database_url, now)  # our own connection
+            _, secret = run_with(store, lambda s: s.create_key("replay", None, True, now))
             for case in cases:
                 rates = rates_from_mapping(case["prices_per_mtok"], source=f"case:{case['id']}")
                 gw.state.meter.catalog = Catalog((PriceOverride(case["model"], None, rates),), use_genai_prices=False)

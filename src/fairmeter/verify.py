@@ -6,14 +6,14 @@ from typing import Any
 
 from fairmeter.ledger.verify import Problem, verify_books
 from fairmeter.money import usd_str
-from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.store.protocol import Store
 
 
-def verify_store(store: SQLiteStore) -> dict[str, Any]:
+async def verify_store(store: Store) -> dict[str, Any]:
     """``{"balanced", "caps_ok", "problems": [...]}`` over the whole ledger."""
-    balanced, caps_ok, problems = verify_books(store.accounts(), store.transfers())
+    balanced, caps_ok, problems = verify_books(await store.accounts(), await store.transfers())
     flagged = {p.call_id for p in problems if p.kind == "overrun"}
-    for row in store.reconciliation_calls():
+    for row in await store.reconciliation_calls():
         if row["id"] in flagged:
             continue
         problems.append(
@@ -27,6 +27,6 @@ def verify_store(store: SQLiteStore) -> dict[str, Any]:
     return {
         "balanced": balanced,
         "caps_ok": caps_ok,
-        "pending_calls": store.pending_count(),
+        "pending_calls": await store.pending_count(),
         "problems": [p.to_json() for p in problems],
     }

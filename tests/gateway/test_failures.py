@@ -235,7 +235,7 @@ def test_overrun_is_posted_flagged_and_listed_never_clamped(gateway: Gw) -> None
     call = gateway.call(raw.headers["fairmeter-call-id"])
     assert Decimal(call["billed_usd"]) > Decimal(call["reserved_usd"])
     assert call["needs_reconciliation"] and call["overrun_usd"]
-    result = verify_store(gateway.store)
+    result = gateway.store.run(verify_store)
     assert result["balanced"]
     assert [p["kind"] for p in result["problems"]] == ["overrun"]
 

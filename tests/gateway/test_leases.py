@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,46 +15,58 @@ from decimal import Decimal
 from pathlib import Path
 
 from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.sync_store import SyncStore
 
 from fairmeter.config import Config
 from fairmeter.gateway.server import GatewayServer
+from fairmeter.store import Store, open_store, run_with
+from fairmeter.store.protocol import CallPage
 from fairmeter.store.records import CallStart
-from fairmeter.store.sqlite import SQLiteStore
 from fairmeter.testing import EmulatorServer
 from fairmeter.verify import verify_store
 
 
-def _orphan_hold(store: SQLiteStore, key_account: str, key_id: str, call_id: str, forwarded: bool) -> None:
-    now = time.time()
-    start = CallStart(
-        call_id, key_id, "openai", "chat", "gpt-4o-mini", True, 50_000, 7_000, None, None, None,
-        now - 3600, "gw_dead", now - 60,
-    )  # fmt: skip
-    with store.transaction():
-        assert store.begin_call(start, key_account, "provider:openai", 86400).kind == "held"
+def _orphan_hold(database_url: str, start: CallStart, forwarded: bool) -> None:
+    """A hold left behind by a dead gateway process, written through a connection of its own.
+
+    The forwarded mark is queued, not waited for; closing the store commits it.
+    """
+
+    async def hold(store: Store) -> None:
+        assert (await store.begin_call(start, 86400)).kind == "held"
         if forwarded:
-            store.mark_forwarded(call_id)
+            store.mark_forwarded(start.id)
+
+    run_with(open_store(database_url, time.time()), hold)
+
+
+def _lapsed(key_id: str, call_id: str, idempotency_key: str | None = None, stream: bool = True) -> CallStart:
+    """A call of the dead process ``gw_dead`` whose lease has run out."""
+    now = time.time()
+    return CallStart(
+        call_id, key_id, "openai", "chat", "gpt-4o-mini", stream, 50_000, 7_000, None, None, idempotency_key,
+        now - 60, "gw_dead", now - 1,
+    )  # fmt: skip
 
 
 def test_lapsed_holds_are_resolved_at_start(emulator: EmulatorServer, tmp_path: Path) -> None:
     config = gateway_config(emulator, tmp_path / "fm.db")
-    store = SQLiteStore(config.database_url, time.time())
-    with store.transaction():
-        key, _ = store.create_key("k", 10**9, False, time.time())
-    _orphan_hold(store, key.account, key.id, "call_never_forwarded", forwarded=False)
-    _orphan_hold(store, key.account, key.id, "call_forwarded", forwarded=True)
+    store = SyncStore.open(config.database_url)
+    key, _ = store.create_key("k", 10**9, False, time.time())
+    _orphan_hold(config.database_url, _lapsed(key.id, "call_never_forwarded"), forwarded=False)
+    _orphan_hold(config.database_url, _lapsed(key.id, "call_forwarded"), forwarded=True)
     assert store.key_spend(key.id) == (0, 100_000)
     store.close()
     with GatewayServer(config):
-        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
-        rows = {r["id"]: r for r in store.list_calls(None, 10, None, None, None, None)}
+        store = SyncStore.open(config.database_url)  # the test's own connection
+        rows = {r["id"]: r for r in store.list_calls(CallPage(limit=10))}
         voided, settled = rows["call_never_forwarded"], rows["call_forwarded"]
         assert voided["billed_nano"] == 0 and voided["usage_status"] == "error"
         assert not voided["needs_reconciliation"]
         assert settled["billed_nano"] == 7_000 and settled["usage_status"] == "unknown"
         assert settled["needs_reconciliation"] and settled["estimated"]
         assert store.key_spend(key.id) == (7_000, 0)
-        result = verify_store(store)
+        result = store.run(verify_store)
         assert result["balanced"] and result["caps_ok"] and result["pending_calls"] == 0
         assert [p["call_id"] for p in result["problems"]] == ["call_forwarded"]
         assert result["problems"][0]["kind"] == "needs_reconciliation"
@@ -62,11 +76,10 @@ def test_lapsed_holds_are_resolved_at_start(emulator: EmulatorServer, tmp_path: 
 def test_lapsed_holds_are_resolved_periodically(emulator: EmulatorServer, tmp_path: Path) -> None:
     config = gateway_config(emulator, tmp_path / "fm.db", expiry_interval_s=0.1)
     with GatewayServer(config):
-        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
-        with store.transaction():
-            key, _ = store.create_key("k", None, False, time.time())
+        store = SyncStore.open(config.database_url)  # the test's own connection
+        key, _ = store.create_key("k", None, False, time.time())
         key_id = key.id
-        _orphan_hold(store, key.account, key_id, "call_late", forwarded=True)
+        _orphan_hold(config.database_url, _lapsed(key_id, "call_late"), forwarded=True)
         deadline = time.monotonic() + 5
         while store.key_spend(key_id)[1] != 0:
             assert time.monotonic() < deadline, "the periodic expiry did not run"
@@ -129,22 +142,21 @@ def test_kill_9_mid_stream_then_a_new_gateway_settles_the_hold_once(emulator: Em
     finally:
         if proc.poll() is None:
             proc.kill()
-    store = SQLiteStore(f"sqlite:///{tmp_path / 'fm.db'}", time.time())
-    pending = store.db.execute("SELECT id, forwarded FROM calls WHERE status = 'pending'").fetchall()
-    assert len(pending) == 1 and pending[0]["forwarded"] == 1
-    store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "fm.db")) as db:
+        pending = db.execute("SELECT id, forwarded FROM calls WHERE status = 'pending'").fetchall()
+    assert len(pending) == 1 and pending[0][1] == 1
     time.sleep(2.2)  # let the dead process's lease lapse (upstream_timeout_s + lease_margin_s)
     from fairmeter.config import load_config
 
     config: Config = load_config(str(toml), {"FM_UP": UPSTREAM_KEY}, tmp_path)
     with GatewayServer(config):
-        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
-        call = store.get_call(pending[0]["id"])
+        store = SyncStore.open(config.database_url)  # the test's own connection
+        call = store.get_call(pending[0][0])
         assert call is not None and call["status"] != "pending"
         assert call["needs_reconciliation"] == 1 and call["usage_status"] == "unknown"
-        transfers = [t for t in store.transfers() if t.call_id == pending[0]["id"]]
+        transfers = [t for t in store.transfers() if t.call_id == pending[0][0]]
         assert [t.kind.value for t in transfers] == ["hold", "expire"]
-        result = verify_store(store)
+        result = store.run(verify_store)
         assert result["balanced"] and result["caps_ok"] and result["pending_calls"] == 0
         assert Decimal(store.key_spend(call["key_id"])[0]) == call["billed_nano"]
         store.close()
@@ -155,9 +167,8 @@ def test_upstream_timeout_is_configurable_and_flags_the_call(emulator: EmulatorS
 
     config = gateway_config(emulator, tmp_path / "fm.db", upstream_timeout_s=0.3)
     with GatewayServer(config) as gw:
-        store = SQLiteStore(config.database_url, time.time())  # the test's own connection
-        with store.transaction():
-            key, secret = store.create_key("k", None, False, time.time())
+        store = SyncStore.open(config.database_url)  # the test's own connection
+        key, secret = store.create_key("k", None, False, time.time())
         headers = {"x-emulator-latency-ms": "1500", "Idempotency-Key": "t-1", "x-emulator-tag": "timeout"}
         with openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=0) as client:
             replies = []
@@ -187,18 +198,10 @@ def test_a_retry_of_a_call_its_dead_gateway_never_answered_is_told_plainly(
     import openai
 
     config = gateway_config(emulator, tmp_path / "fm.db")
-    store = SQLiteStore(config.database_url, time.time())
-    with store.transaction():
-        key, secret = store.create_key("k", None, False, time.time())
-    now = time.time()
-    start = CallStart(
-        "call_orphan", key.id, "openai", "chat", "gpt-4o-mini", False, 50_000, 7_000, None, None, "same-key",
-        now - 60, "gw_dead", now - 1,
-    )  # fmt: skip
-    with store.transaction():
-        assert store.begin_call(start, key.account, "provider:openai", 86400).kind == "held"
-        store.mark_forwarded("call_orphan")
+    store = SyncStore.open(config.database_url)
+    key, secret = store.create_key("k", None, False, time.time())
     store.close()
+    _orphan_hold(config.database_url, _lapsed(key.id, "call_orphan", "same-key", stream=False), forwarded=True)
     with (
         GatewayServer(config) as gw,
         openai.OpenAI(base_url=gw.openai_base_url, api_key=secret, max_retries=3) as client,

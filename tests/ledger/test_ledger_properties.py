@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from pathlib import Path
 
@@ -69,50 +70,53 @@ op = st.tuples(
 @given(cap=st.integers(min_value=0, max_value=20_000), ops=st.lists(op, max_size=40))
 def test_books_balance_and_caps_hold_after_any_sequence(cap: int, ops: list[tuple[str, int, int]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteStore(f"sqlite:///{Path(tmp) / 'l.db'}", 0.0)
-        with store.transaction():
-            key, _ = store.create_key("k", cap, False, 0.0)
-        pending: list[tuple[str, int]] = []
-        overruns = 0
-        n = 0
-        for kind, a, b in ops:
-            with store.transaction():
-                if kind == "hold" or not pending:
-                    n += 1
-                    outcome = store.begin_call(_start(f"c{n}", key.id, a, 0.0), key.account, "provider:openai", 86400)
-                    if outcome.kind == "held":
-                        pending.append((f"c{n}", a))
-                    else:
-                        r = outcome.refused
-                        assert r is not None and r.spent + r.held + a > cap  # refused only when over
-                    continue
-                call_id, held = pending.pop(b % len(pending))
-                if kind == "settle":
-                    store.finish_call(call_id, _end(min(b, held)), 1.0)
-                elif kind == "void":
-                    store.finish_call(call_id, _end(0, "upstream_error"), 1.0, void=True)
-                elif kind == "expire":
-                    store.finish_call(call_id, _end(held // 3), 1.0, expired=True, needs_reconciliation=True)
-                else:
-                    over = held + 1 + b
-                    overruns += store.finish_call(call_id, _end(over), 1.0)
-            balanced, caps_ok, problems = verify_books(store.accounts(), store.transfers())
-            assert balanced, problems
-            assert caps_ok, problems
-            spent, held_now = store.key_spend(key.id)
-            assert spent + held_now - overruns <= cap
-            assert held_now == sum(h for _, h in pending)
-        store.close()
+        asyncio.run(_run_sequence(SQLiteStore(f"sqlite:///{Path(tmp) / 'l.db'}", 0.0), cap, ops))
+
+
+async def _run_sequence(store: SQLiteStore, cap: int, ops: list[tuple[str, int, int]]) -> None:
+    """Each operation its own committed unit; after each, the books balance and the cap holds."""
+    key, _ = await store.create_key("k", cap, False, 0.0)
+    pending: list[tuple[str, int]] = []
+    overruns = 0
+    for n, (kind, a, b) in enumerate(ops):
+        if kind == "hold" or not pending:
+            outcome = await store.begin_call(_start(f"c{n}", key.id, a, 0.0), 86400)
+            if outcome.kind == "held":
+                pending.append((f"c{n}", a))
+            else:
+                r = outcome.refused
+                assert r is not None and r.spent + r.held + a > cap  # refused only when over
+        else:
+            call_id, held = pending.pop(b % len(pending))
+            if kind == "settle":
+                await store.finish_call(call_id, _end(min(b, held)), 1.0)
+            elif kind == "void":
+                await store.finish_call(call_id, _end(0, "upstream_error"), 1.0, void=True)
+            elif kind == "expire":
+                await store.finish_call(call_id, _end(held // 3), 1.0, expired=True, needs_reconciliation=True)
+            else:
+                overruns += await store.finish_call(call_id, _end(held + 1 + b), 1.0)
+        balanced, caps_ok, problems = verify_books(await store.accounts(), await store.transfers())
+        assert balanced, problems
+        assert caps_ok, problems
+        spent, held_now = await store.key_spend(key.id)
+        assert spent + held_now - overruns <= cap
+        assert held_now == sum(h for _, h in pending)
+    await store.close()
 
 
 def test_verify_detects_a_tampered_balance(tmp_path: Path) -> None:
     store = SQLiteStore(f"sqlite:///{tmp_path / 'l.db'}", 0.0)
-    with store.transaction():
-        key, _ = store.create_key("k", 1000, False, 0.0)
-        store.begin_call(_start("c1", key.id, 500, 0.0), key.account, "provider:openai", 86400)
-        store.finish_call("c1", _end(200), 1.0)
-    assert verify_books(store.accounts(), store.transfers())[0]
-    store.db.execute("UPDATE accounts SET debits_posted = debits_posted + 1 WHERE id = ?", (key.account,))
-    balanced, _, problems = verify_books(store.accounts(), store.transfers())
+
+    async def settled_call() -> str:
+        key, _ = await store.create_key("k", 1000, False, 0.0)
+        await store.begin_call(_start("c1", key.id, 500, 0.0), 86400)
+        await store.finish_call("c1", _end(200), 1.0)
+        return key.account
+
+    account = asyncio.run(settled_call())
+    assert verify_books(asyncio.run(store.accounts()), asyncio.run(store.transfers()))[0]
+    store.db.execute("UPDATE accounts SET debits_posted = debits_posted + 1 WHERE id = ?", (account,))
+    balanced, _, problems = verify_books(asyncio.run(store.accounts()), asyncio.run(store.transfers()))
     assert not balanced
     assert {p.kind for p in problems} >= {"unbalanced", "balance_mismatch"}

@@ -1,60 +1,76 @@
-"""Group commit: concurrent operations share one transaction; a failing one fails alone."""
+"""Group commit: concurrent hot-path writes share one transaction; a failing one fails alone."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fairmeter.store.batch import GroupCommitter
+from fairmeter.store.records import CallStart
 from fairmeter.store.sqlite import SQLiteStore
 
 
-def test_operations_queued_together_commit_in_one_batch_and_a_failure_stays_its_own(tmp_path: Path) -> None:
-    store = SQLiteStore(f"sqlite:///{tmp_path / 'g.db'}", 0.0)
-    committer = GroupCommitter(store)
+def _start(call_id: str, key_id: str, reserved: int = 1_000) -> CallStart:
+    return CallStart(
+        call_id, key_id, "openai", "chat", "m", False, reserved, 0, None, None, None, 0.0, "gw_test", 60.0
+    )  # fmt: skip
 
-    def make_key(name: str) -> str:
-        return store.create_key(name, None, False, 0.0)[0].id
 
-    def broken() -> None:
-        store.db.execute("INSERT INTO no_such_table VALUES (1)")
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore(f"sqlite:///{tmp_path / 'g.db'}", 0.0)
+    yield opened
+    asyncio.run(opened.close())
 
-    async def main() -> list[object]:
-        futures = [committer.run(lambda n=n: make_key(f"k{n}")) for n in range(5)]  # type: ignore[misc]
-        futures.insert(2, committer.run(broken))
-        return await asyncio.gather(*futures, return_exceptions=True)
 
-    results = asyncio.run(main())
-    assert isinstance(results[2], Exception)
-    assert all(isinstance(r, str) for i, r in enumerate(results) if i != 2)
-    assert sorted(k.name for k in store.list_keys()) == [f"k{n}" for n in range(5)]
-    # one batch for the first attempt (rolled back), then each operation alone
-    assert committer.operations == 6
+def test_concurrent_holds_commit_in_one_batch_and_a_failure_stays_its_own(store: SQLiteStore) -> None:
+    async def main() -> tuple[str, list[object]]:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        holds = [store.begin_call(_start(f"c{n}", key.id), 86400) for n in range(5)]
+        holds.insert(2, store.begin_call(_start("c_orphan", "key_missing"), 86400))  # no ledger account: raises
+        return key.id, await asyncio.gather(*holds, return_exceptions=True)
+
+    key_id, results = asyncio.run(main())
+    assert isinstance(results[2], LookupError)
+    assert [getattr(r, "kind", r) for i, r in enumerate(results) if i != 2] == ["held"] * 5
+    assert asyncio.run(store.key_spend(key_id)) == (0, 5_000)
+    assert asyncio.run(store.get_call("c_orphan")) is None
+    # one batch: the first attempt (rolled back), then each operation alone
+    assert (store.committer.batches, store.committer.operations) == (1, 6)
     assert not store.db.in_transaction
 
 
-def test_an_idle_committer_flushes_on_the_next_loop_iteration(tmp_path: Path) -> None:
-    store = SQLiteStore(f"sqlite:///{tmp_path / 'g.db'}", 0.0)
-    committer = GroupCommitter(store)
-
+def test_an_idle_committer_flushes_on_the_next_loop_iteration(store: SQLiteStore) -> None:
     async def main() -> int:
-        fut = committer.run(lambda: 7)
+        fut = store.committer.run(lambda: 7)
         await asyncio.sleep(0)  # one iteration: the flush scheduled with call_soon has run
         assert fut.done()
         return await fut
 
     assert asyncio.run(main()) == 7
-    assert committer.batches == 1
+    assert store.committer.batches == 1
 
 
-def test_submit_logs_instead_of_raising(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = SQLiteStore(f"sqlite:///{tmp_path / 'g.db'}", 0.0)
-    committer = GroupCommitter(store)
-
+def test_a_forwarded_mark_is_not_waited_for_and_is_committed_by_close(store: SQLiteStore, tmp_path: Path) -> None:
     async def main() -> None:
-        committer.submit(lambda: store.db.execute("INSERT INTO no_such_table VALUES (1)"))
+        key, _ = await store.create_key("k", None, False, 0.0)
+        await store.begin_call(_start("c1", key.id), 86400)
+        store.mark_forwarded("c1")
+        assert store.committer.batches == 1  # queued, not run
+        await store.close()
+
+    asyncio.run(main())
+    with contextlib.closing(sqlite3.connect(tmp_path / "g.db")) as db:
+        assert db.execute("SELECT forwarded FROM calls WHERE id = 'c1'").fetchone() == (1,)
+
+
+def test_submit_logs_instead_of_raising(store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        store.committer.submit(lambda: store.db.execute("INSERT INTO no_such_table VALUES (1)"))
         await asyncio.sleep(0.01)
 
     asyncio.run(main())

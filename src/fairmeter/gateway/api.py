@@ -13,6 +13,7 @@ from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
 from fairmeter.gateway.asgi import Scope, Send, send_whole
 from fairmeter.gateway.errors import render
 from fairmeter.gateway.state import GatewayState
+from fairmeter.store.protocol import CallPage
 from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json
 
 
@@ -40,14 +41,14 @@ def _cursor(token: str) -> tuple[float, str]:
 async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
     call_id = state.new_call_id()
     try:
-        key = state.authenticate(scope["headers"])
+        key = await state.authenticate(scope["headers"])
         path: str = scope["path"]
         if scope["method"] != "GET":
             raise NotFound(f"{scope['method']} {path} is not a fairmeter API route.")
         if path == "/fairmeter/v1/calls":
-            body = _list(state, key.id if not key.admin else None, scope)
+            body = await _list(state, key.id if not key.admin else None, scope)
         elif path.startswith("/fairmeter/v1/calls/"):
-            row = state.store.get_call(path.rsplit("/", 1)[1])
+            row = await state.store.get_call(path.rsplit("/", 1)[1])
             if row is None or (not key.admin and row["key_id"] != key.id):
                 raise NotFound("No call with that id is visible to this key.")
             body = orjson.dumps(call_json(row))
@@ -60,7 +61,7 @@ async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
     await send_whole(send, 200, [(b"content-type", b"application/json")], body)
 
 
-def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
+async def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
     q = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
     try:
         limit = int(q.get("limit", "100"))
@@ -74,7 +75,7 @@ def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
     since = _time_param(q["since"], "since") if "since" in q else None
     until = _time_param(q["until"], "until") if "until" in q else None
     cursor = _cursor(q["cursor"]) if "cursor" in q else None
-    rows = state.store.list_calls(key_id, limit + 1, since, until, status, cursor)
+    rows = await state.store.list_calls(CallPage(key_id, limit + 1, since, until, status, cursor))
     more = len(rows) > limit
     rows = rows[:limit]
     nxt = None

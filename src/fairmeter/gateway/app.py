@@ -71,7 +71,7 @@ class Gateway:
         state = self.state
         call_id = state.new_call_id()
         try:
-            state.authenticate(scope["headers"])
+            await state.authenticate(scope["headers"])
             body = await read_body(scope, receive, state.config.max_body_bytes) if api == "count_tokens" else None
             if body is not None:
                 try:
@@ -115,6 +115,7 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
+        await self.state.store.start()
         await self.state.upstream.start()
         await self.leases.start()
 
@@ -122,4 +123,4 @@ class Gateway:
         await self.leases.stop()
         await self.state.upstream.close()
         with contextlib.suppress(Exception):
-            self.state.store.close()
+            await self.state.store.close()

@@ -14,47 +14,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 
 from fairmeter.gateway.state import GatewayState
+from fairmeter.store.protocol import LapsedCall
 from fairmeter.store.records import CallEnd
 
 log = logging.getLogger("fairmeter.leases")
 
 
-def expire_lapsed(state: GatewayState) -> int:
-    """Resolve every pending hold whose lease has lapsed; returns how many (one transaction)."""
-    store = state.store
+async def expire_lapsed(state: GatewayState) -> int:
+    """Resolve every pending hold whose lease has lapsed; returns how many were found.
+
+    The settlements are queued together, so they share one group commit. A hold another gateway
+    resolves meanwhile is left as that one resolved it (``finish_call`` only settles a pending call).
+    """
     now = state.clock.now()
-    count = 0
-    with store.transaction():
-        for row in store.lapsed_calls(now):
-            forwarded = bool(row["forwarded"])
-            end = CallEnd(
-                status="upstream_cut" if forwarded else "upstream_error",
-                upstream_status=None,
-                usage_status="unknown" if forwarded else "error",
-                usage_json=None,
-                cost_usd=None if forwarded else "0",
-                billed=row["estimate_nano"] if forwarded else 0,
-                estimated=forwarded,
-                breakdown_json=None,
-                ended_at=now,
-                message=(
-                    "the gateway process holding this call stopped; settled at the prompt estimate "
-                    "and flagged for reconciliation"
-                    if forwarded
-                    else "the gateway process holding this call stopped before forwarding it; hold voided"
-                ),
-            )
-            store.finish_call(
-                row["id"], end, now, void=not forwarded, expired=forwarded, needs_reconciliation=forwarded
-            )
-            count += 1
-    if count:
-        log.warning("resolved %d hold(s) whose lease lapsed", count)
-    return count
+    lapsed = await state.store.lapsed_calls(now)
+    await asyncio.gather(*(_resolve(state, call, now) for call in lapsed))
+    if lapsed:
+        log.warning("resolved %d hold(s) whose lease lapsed", len(lapsed))
+    return len(lapsed)
+
+
+async def _resolve(state: GatewayState, call: LapsedCall, now: float) -> None:
+    """Never forwarded → void; forwarded → settle at the prompt estimate, flagged for reconciliation."""
+    forwarded = call.forwarded
+    end = CallEnd(
+        status="upstream_cut" if forwarded else "upstream_error",
+        upstream_status=None,
+        usage_status="unknown" if forwarded else "error",
+        usage_json=None,
+        cost_usd=None if forwarded else "0",
+        billed=call.estimate if forwarded else 0,
+        estimated=forwarded,
+        breakdown_json=None,
+        ended_at=now,
+        message=(
+            "the gateway process holding this call stopped; settled at the prompt estimate "
+            "and flagged for reconciliation"
+            if forwarded
+            else "the gateway process holding this call stopped before forwarding it; hold voided"
+        ),
+    )
+    await state.store.finish_call(
+        call.id, end, now, void=not forwarded, expired=forwarded, needs_reconciliation=forwarded
+    )
 
 
 class LeaseKeeper:
@@ -65,8 +70,7 @@ class LeaseKeeper:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.state.store.start_checkpointer()
-        expire_lapsed(self.state)
+        await expire_lapsed(self.state)
         self._tasks = [asyncio.create_task(self._renew()), asyncio.create_task(self._expire())]
 
     async def stop(self) -> None:
@@ -82,7 +86,7 @@ class LeaseKeeper:
             await asyncio.sleep(state.config.lease_s / 3)
             until = state.clock.now() + state.config.lease_s
             try:
-                await state.committer.run(functools.partial(state.store.renew_leases, state.owner, until))
+                await state.store.renew_leases(state.owner, until)
             except Exception:
                 log.exception("lease renewal failed")
 
@@ -90,6 +94,6 @@ class LeaseKeeper:
         while True:
             await asyncio.sleep(self.state.config.expiry_interval_s)
             try:
-                expire_lapsed(self.state)
+                await expire_lapsed(self.state)
             except Exception:
                 log.exception("lease expiry failed")

@@ -58,7 +58,7 @@ async def metered_call(state: GatewayState, route: Route, scope: Scope, receive:
     quote: Quote | None = None
     idem: str | None = None
     try:
-        key = state.authenticate(scope["headers"])
+        key = await state.authenticate(scope["headers"])
         key_id = key.id
         body = await read_body(scope, receive, state.config.max_body_bytes)
         try:
@@ -75,16 +75,10 @@ async def metered_call(state: GatewayState, route: Route, scope: Scope, receive:
     except ClientGone as gone:  # nobody to answer; the record still says what happened
         start = _start(state, route, call_id, key_id, None, None, None, started)
         now, why = state.clock.now(), str(gone)
-        await state.committer.run(
-            lambda: state.store.record_refusal(start, "client_disconnected", "client_disconnected", why, now)
-        )
+        await state.store.record_refusal(start, "client_disconnected", "client_disconnected", why, now)
         return
     start = _start(state, route, call_id, key_id, parsed, quote, idem, started)
-    outcome = await state.committer.run(
-        lambda: state.store.begin_call(
-            start, f"key:{key.id}", f"provider:{route.provider}", state.config.idempotency_ttl_s
-        )
-    )
+    outcome = await state.store.begin_call(start, state.config.idempotency_ttl_s)
     if outcome.kind == "refused":
         r = outcome.refused
         assert r is not None
@@ -148,7 +142,7 @@ def _start(
 async def _refuse(state: GatewayState, route: Route, start: CallStart, exc: FairmeterError, send: Send) -> None:
     status = _STATUS_OF_CODE.get(exc.code, "bad_request")
     now = state.clock.now()
-    await state.committer.run(lambda: state.store.record_refusal(start, status, exc.code, exc.message, now))
+    await state.store.record_refusal(start, status, exc.code, exc.message, now)
     code, headers, body = render(route.provider, start.id, exc)
     await send_whole(send, code, headers, body)
 
@@ -157,7 +151,7 @@ async def _replay(
     state: GatewayState, start: CallStart, original: str, stored: StoredResponse | None, send: Send
 ) -> None:
     now = state.clock.now()
-    await state.committer.run(lambda: state.store.record_replay(start, original, now))
+    await state.store.record_replay(start, original, now)
     if stored is None:  # resolved without an answer to give back: its gateway stopped mid-call
         msg = (
             f"Call {original} with this Idempotency-Key already ran and was settled without a response to "
@@ -196,7 +190,7 @@ async def _forward(
     headers["content-type"] = "application/json"
     # Recorded with the next group commit, not waited for: the request leaves now. If this process
     # dies before that commit, the lapsed hold is taken as never forwarded and voided.
-    state.committer.submit(lambda: state.store.mark_forwarded(start.id))
+    state.store.mark_forwarded(start.id)
     try:
         resp = await state.upstream.send("POST", upstream, scope["path"], headers, body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -394,8 +388,6 @@ async def _settle(
         price_source=bill.price_source,
     )
     void = report.status is UsageStatus.ERROR
-    overrun = await state.committer.run(
-        lambda: state.store.finish_call(start.id, end, now, void=void, needs_reconciliation=reconcile)
-    )
+    overrun = await state.store.finish_call(start.id, end, now, void=void, needs_reconciliation=reconcile)
     if overrun:
         log.error("call %s cost %d nano-USD more than its hold; posted as an overrun", start.id, overrun)

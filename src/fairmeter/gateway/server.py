@@ -19,20 +19,18 @@ from fairmeter.gateway.meter import Meter
 from fairmeter.gateway.proxy import UpstreamCut
 from fairmeter.gateway.state import GatewayState
 from fairmeter.gateway.upstream import UpstreamClient
-from fairmeter.store.batch import GroupCommitter
-from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.store import open_store
 
 
 def build_gateway(config: Config, clock: Clock | None = None, catalog: Catalog | None = None) -> Gateway:
     """Open the store (migrating it) and wire the gateway's parts together."""
     clock = clock or SystemClock()
-    store = SQLiteStore(config.database_url, clock.now())
+    store = open_store(config.database_url, clock.now())
     catalog = catalog or Catalog(config.prices, cache_dir=config.price_cache_dir)
     state = GatewayState(
         config=config,
         clock=clock,
         store=store,
-        committer=GroupCommitter(store),
         catalog=catalog,
         meter=Meter(config, catalog),
         upstream=UpstreamClient(config),

@@ -12,9 +12,8 @@ from fairmeter.config import Config
 from fairmeter.errors import InvalidApiKey
 from fairmeter.gateway.meter import Meter
 from fairmeter.gateway.upstream import UpstreamClient
-from fairmeter.store.batch import GroupCommitter
-from fairmeter.store.records import KeyRecord, iso
-from fairmeter.store.sqlite import KEY_PREFIX, SQLiteStore, hash_key
+from fairmeter.store.protocol import Store
+from fairmeter.store.records import KEY_PREFIX, KeyRecord, hash_key, iso
 
 KEY_CACHE_S = 1.0  # a revoked key stops working within this many seconds
 
@@ -23,8 +22,7 @@ KEY_CACHE_S = 1.0  # a revoked key stops working within this many seconds
 class GatewayState:
     config: Config
     clock: Clock
-    store: SQLiteStore
-    committer: GroupCommitter
+    store: Store
     catalog: Catalog
     meter: Meter
     upstream: UpstreamClient
@@ -35,7 +33,7 @@ class GatewayState:
         """Time-ordered (microseconds, hex) then random: new rows land at the end of the id index."""
         return f"call_{time.time_ns() // 1000:x}{secrets.token_hex(5)}"
 
-    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> KeyRecord:
+    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> KeyRecord:
         """The fairmeter key from ``Authorization: Bearer`` or ``x-api-key``; refuses anything else."""
         secret = None
         for name, value in headers:
@@ -59,7 +57,7 @@ class GatewayState:
         if hit is None or now - hit[1] > KEY_CACHE_S:
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            hit = (self.store.key_by_hash(digest), now)
+            hit = (await self.store.key_by_hash(digest), now)
             self._keys[digest] = hit
         key = hit[0]
         if key is None:

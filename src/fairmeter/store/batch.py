@@ -5,6 +5,9 @@ flush runs on its very next iteration (no timer), and every operation queued mea
 requests joins the same transaction. Operations report outcomes as result codes, so they do not
 raise in normal use; if one does, the batch is rolled back and its operations are run one by one,
 so only the failing one reports an error.
+
+The committer knows nothing of SQL: it is given the store's ``transaction`` context manager (BEGIN on
+entry, COMMIT on a clean exit, ROLLBACK on an exception) and runs synchronous operations inside it.
 """
 
 from __future__ import annotations
@@ -12,20 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from fairmeter.store.sqlite import SQLiteStore
-
 T = TypeVar("T")
+Op = tuple[Callable[[], Any], asyncio.Future[Any]]
 log = logging.getLogger("fairmeter.store")
 
 
 class GroupCommitter:
     """Runs store operations on the event loop thread, batched into shared transactions."""
 
-    def __init__(self, store: SQLiteStore) -> None:
-        self.store = store
-        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+    def __init__(self, transaction: Callable[[], AbstractContextManager[object]]) -> None:
+        self._transaction = transaction
+        self._queue: list[Op] = []
         self._scheduled = False
         self.batches = 0
         self.operations = 0
@@ -37,14 +40,15 @@ class GroupCommitter:
         self._queue.append((op, fut))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self.flush)
         return fut
 
     def submit(self, op: Callable[[], Any]) -> None:
         """Queue ``op`` without waiting for its commit (it joins the next batch); failures are logged."""
         self.run(op).add_done_callback(_log_failure)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Commit everything queued now (scheduled by ``run``; called directly before the store closes)."""
         self._scheduled = False
         batch, self._queue = self._queue, []
         if not batch:
@@ -56,11 +60,11 @@ class GroupCommitter:
             # the batch was rolled back; run each operation alone so only the failing one fails.
             log.exception("group commit of %d operations failed; retrying them one by one", len(batch))
             results = []
-            for op, fut in batch:
+            for op in batch:
                 try:
-                    results.extend(self._run_batch([(op, fut)]))
+                    results.extend(self._run_batch([op]))
                 except Exception as exc:
-                    results.append((fut, False, exc))
+                    results.append((op[1], False, exc))
         self.batches += 1
         self.operations += len(batch)
         for fut, ok, value in results:
@@ -71,22 +75,10 @@ class GroupCommitter:
             else:
                 fut.set_exception(value)
 
-    def _run_batch(
-        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
-    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    def _run_batch(self, batch: list[Op]) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         """All operations in one transaction; on any exception the whole transaction is rolled back."""
-        db = self.store.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            results = [(fut, True, op()) for op, fut in batch]
-            self.store.flush_credits()
-            db.execute("COMMIT")
-        except BaseException:
-            self.store.discard_credits()
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return results
+        with self._transaction():
+            return [(fut, True, op()) for op, fut in batch]
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:

@@ -49,7 +49,8 @@ class Store(Protocol):
     async def start(self) -> None:
         """Background work of a serving process (e.g. SQLite's checkpointer); idempotent."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop the background work and release the database; a queued ``mark_forwarded`` is committed first."""
 
     # ---- keys ------------------------------------------------------------------------------
     async def create_key(self, name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:
@@ -66,7 +67,11 @@ class Store(Protocol):
 
     # ---- the hot path ----------------------------------------------------------------------
     async def begin_call(self, call: CallStart, idempotency_ttl_s: int) -> HoldOutcome:
-        """Idempotency check, then the hold of ``call.reserved`` under every cap, atomically."""
+        """Idempotency check, then the hold of ``call.reserved`` under every cap, atomically.
+
+        The accounts are derived from the call: ``records.key_account(call.key_id)`` is debited,
+        ``records.provider_account(call.provider)`` credited.
+        """
 
     def mark_forwarded(self, call_id: str) -> None:
         """Record that the request left for the provider; queued, not waited for."""

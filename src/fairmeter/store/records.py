@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from fairmeter.ledger.model import HoldRefused
 from fairmeter.money import Nano, usd_str
+
+KEY_PREFIX = "fm-"
+
+
+def hash_key(key: str) -> str:
+    """Keys are stored only as SHA-256 hashes (they are random 192-bit secrets, so no salt is needed)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +34,23 @@ class KeyRecord:
 
     @property
     def account(self) -> str:
-        return f"key:{self.id}"
+        return key_account(self.id)
+
+
+def new_key(name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:  # float-ok: seconds
+    """A fresh key's record and its secret (shown once; a backend stores only ``hash_key(secret)``)."""
+    secret = KEY_PREFIX + secrets.token_urlsafe(24)
+    return KeyRecord("key_" + secrets.token_hex(6), name, secret[:7], admin, max_spend, now, None), secret
+
+
+def key_account(key_id: str) -> str:
+    """The ledger account a key's calls are held and posted against."""
+    return f"key:{key_id}"
+
+
+def provider_account(provider: str) -> str:
+    """The ledger account credited with what a provider is owed."""
+    return f"provider:{provider}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,21 @@
-"""SQLite backend: one file, WAL, ``synchronous=NORMAL``.
+"""SQLite backend of the `Store` protocol: one file, WAL, ``synchronous=NORMAL``.
 
 Durability: with WAL and synchronous=NORMAL a committed transaction survives a crash of the
 gateway process (the WAL is in the OS page cache), but the last transactions before a power loss
 or kernel crash can be lost. That is the level chosen for the default backend; see
 docs/architecture.md.
 
-Every method here runs inside a transaction opened by the caller (`transaction()`); the group
-committer (`fairmeter.store.batch`) runs many calls' operations in one transaction.
+SQLite does its work in the calling thread and never waits on a network, so the coroutines here do
+not yield. The hot-path writes (hold, settlement, refusal, replay, forwarded mark, lease renewal) are
+queued on the group committer (`fairmeter.store.batch`), which runs many calls' operations in one
+transaction; the ``_``-prefixed synchronous methods are those operations and run inside it. Keys and
+reads run directly, each in its own short transaction or as a plain read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -31,16 +32,23 @@ from fairmeter.ledger.model import (
     settlement_for,
 )
 from fairmeter.money import Nano
+from fairmeter.store.batch import GroupCommitter
 from fairmeter.store.migrations import apply_migrations
-from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse
+from fairmeter.store.protocol import CallPage, LapsedCall
+from fairmeter.store.records import (
+    CallEnd,
+    CallStart,
+    HoldOutcome,
+    KeyRecord,
+    StoredResponse,
+    hash_key,
+    key_account,
+    new_key,
+    provider_account,
+)
 
-KEY_PREFIX = "fm-"
+CHECKPOINT_INTERVAL_S = 0.5
 log = logging.getLogger("fairmeter.store")
-
-
-def hash_key(key: str) -> str:
-    """Keys are stored only as SHA-256 hashes (they are random 192-bit secrets, so no salt is needed)."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def sqlite_path(database_url: str) -> str:
@@ -51,10 +59,11 @@ def sqlite_path(database_url: str) -> str:
 
 
 class SQLiteStore:
-    """The ledger, keys and call records in one SQLite file."""
+    """The ledger, keys and call records in one SQLite file (implements `fairmeter.store.protocol.Store`)."""
 
-    def __init__(self, database_url: str, now: float, provider_accounts: tuple[str, ...] = ()) -> None:
+    def __init__(self, database_url: str, now: float) -> None:
         path = sqlite_path(database_url)
+        self.url = database_url
         self.path = path
         self._checkpointer: threading.Thread | None = None
         self._credits: dict[str, list[Nano]] = {}
@@ -73,20 +82,23 @@ class SQLiteStore:
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.execute("PRAGMA foreign_keys=ON")
         apply_migrations(self.db, now)
+        self.committer = GroupCommitter(self.transaction)
 
-    def start_checkpointer(self, interval_s: float = 0.5) -> None:
-        """Move WAL checkpoints off the caller's thread.
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Move WAL checkpoints off the event loop (idempotent).
 
         SQLite's automatic checkpoint runs inside a COMMIT, on the event loop, and fsyncs: a stall of
-        milliseconds every few dozen calls. The gateway turns it off and checkpoints from a thread with
-        its own connection instead (PASSIVE: it never blocks writers).
+        milliseconds every few dozen calls. A serving process turns it off and checkpoints from a thread
+        with its own connection instead (PASSIVE: it never blocks writers).
         """
         if self._checkpointer is not None or self.path == ":memory:":
             return
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self._stop.clear()
         self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, args=(interval_s,), name="fairmeter-checkpoint", daemon=True
+            target=self._checkpoint_loop, args=(CHECKPOINT_INTERVAL_S,), name="fairmeter-checkpoint", daemon=True
         )
         self._checkpointer.start()
 
@@ -103,7 +115,9 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Commit what is still queued (a forwarded mark), stop the checkpointer, close the file."""
+        self.committer.flush()
         if self._checkpointer is not None:
             self._stop.set()
             self._checkpointer.join(timeout=10)
@@ -116,10 +130,11 @@ class SQLiteStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-            self.flush_credits()
+            self._flush_credits()
         except BaseException:
-            self.discard_credits()
-            self.db.execute("ROLLBACK")
+            self._credits.clear()
+            if self.db.in_transaction:  # some errors (a full disk) end the transaction themselves
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
@@ -137,8 +152,8 @@ class SQLiteStore:
             delta[0] += pending
             delta[1] += posted
 
-    def flush_credits(self) -> None:
-        """Write the queued provider-account credits; must run inside the transaction, before COMMIT."""
+    def _flush_credits(self) -> None:
+        """Write the queued provider-account credits; runs inside the transaction, before COMMIT."""
         for account, (pending, posted) in self._credits.items():
             cur = self.db.execute(
                 "UPDATE accounts SET credits_pending = credits_pending + ?, credits_posted = credits_posted + ?"
@@ -152,44 +167,74 @@ class SQLiteStore:
                 )
         self._credits.clear()
 
-    def discard_credits(self) -> None:
-        """Forget queued credits of a transaction that is being rolled back."""
-        self._credits.clear()
+    # ---- keys (each its own short transaction) --------------------------------------------------
 
-    # ---- keys -------------------------------------------------------------------------------
+    async def create_key(self, name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:
+        """Create a key and its ledger account; returns the record and the secret (stored only as a hash)."""
+        key, secret = new_key(name, max_spend, admin, now)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.id, name, hash_key(secret), key.prefix, int(admin), max_spend, now),
+            )
+            db.execute("INSERT INTO accounts (id, cap_nano) VALUES (?, ?)", (key.account, max_spend))
+        return key, secret
 
-    def create_key(self, name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:
-        """Create a key; returns the record and the secret (shown once, stored only as a hash)."""
-        secret = KEY_PREFIX + secrets.token_urlsafe(24)
-        key_id = "key_" + secrets.token_hex(6)
-        self.db.execute(
-            "INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key_id, name, hash_key(secret), secret[:7], int(admin), max_spend, now),
-        )
-        self.db.execute("INSERT INTO accounts (id, cap_nano) VALUES (?, ?)", (f"key:{key_id}", max_spend))
-        return KeyRecord(key_id, name, secret[:7], admin, max_spend, now, None), secret
-
-    def key_by_hash(self, digest: str) -> KeyRecord | None:
+    async def key_by_hash(self, digest: str) -> KeyRecord | None:
         row = self.db.execute("SELECT * FROM keys WHERE key_hash = ?", (digest,)).fetchone()
         return _key(row) if row else None
 
-    def list_keys(self) -> list[KeyRecord]:
+    async def list_keys(self) -> list[KeyRecord]:
         return [_key(r) for r in self.db.execute("SELECT * FROM keys ORDER BY created_at, id")]
 
-    def revoke_key(self, key_id: str, now: float) -> bool:
-        cur = self.db.execute("UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        with self.transaction() as db:
+            cur = db.execute("UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
         return cur.rowcount == 1
 
-    def key_spend(self, key_id: str) -> tuple[Nano, Nano]:
+    async def key_spend(self, key_id: str) -> tuple[Nano, Nano]:
         row = self.db.execute(
-            "SELECT debits_posted, debits_pending FROM accounts WHERE id = ?", (f"key:{key_id}",)
+            "SELECT debits_posted, debits_pending FROM accounts WHERE id = ?", (key_account(key_id),)
         ).fetchone()
         return (row[0], row[1]) if row else (0, 0)
 
-    # ---- calls and the ledger ---------------------------------------------------------------
+    # ---- the hot path: queued on the group committer ----------------------------------------------
 
-    def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
+    async def begin_call(self, call: CallStart, idempotency_ttl_s: int) -> HoldOutcome:
+        """Idempotency check, then the hold of ``call.reserved`` against the key's cap, atomically."""
+        return await self.committer.run(lambda: self._begin_call(call, idempotency_ttl_s))
+
+    def mark_forwarded(self, call_id: str) -> None:
+        """Joins the next group commit; not waited for (see docs/architecture.md, Leases)."""
+        self.committer.submit(lambda: self.db.execute("UPDATE calls SET forwarded = 1 WHERE id = ?", (call_id,)))
+
+    async def finish_call(
+        self,
+        call_id: str,
+        end: CallEnd,
+        now: float,
+        *,
+        void: bool = False,
+        expired: bool = False,
+        needs_reconciliation: bool = False,
+    ) -> Nano:
+        """Settle or void a pending call; returns the overrun posted (0 normally). See `_finish_call`."""
+        return await self.committer.run(
+            lambda: self._finish_call(call_id, end, now, void, expired, needs_reconciliation)
+        )
+
+    async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
+        await self.committer.run(lambda: self._record_refusal(call, status, code, message, ended_at))
+
+    async def record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
+        await self.committer.run(lambda: self._record_replay(call, original, ended_at))
+
+    async def renew_leases(self, owner: str, until: float) -> int:
+        """Extend the leases of this process's pending calls (one statement for all of them)."""
+        return await self.committer.run(lambda: self._renew_leases(owner, until))
+
+    def _record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
         """A call that never got a hold (bad input, wrong key, unknown model, over budget).
 
         ``reserved_nano`` records the hold the call asked for (its W, when known); no transfer exists.
@@ -205,10 +250,12 @@ class SQLiteStore:
             ),
         )  # fmt: skip
 
-    def begin_call(self, call: CallStart, account: str, provider_account: str, ttl_s: int) -> HoldOutcome:
-        """Idempotency check, then the hold of ``call.reserved`` against the account's cap, atomically."""
+    def _begin_call(self, call: CallStart, ttl_s: int) -> HoldOutcome:
         db = self.db
-        if call.idempotency_key is not None and call.key_id is not None:
+        if call.key_id is None:
+            raise ValueError(f"call {call.id}: a hold needs a key")
+        account, provider = key_account(call.key_id), provider_account(call.provider)
+        if call.idempotency_key is not None:
             row = db.execute(
                 "SELECT call_id, state, created_at FROM idempotency WHERE key_id = ? AND idem_key = ?",
                 (call.key_id, call.idempotency_key),
@@ -218,7 +265,7 @@ class SQLiteStore:
                     return HoldOutcome("in_use", other_call_id=row["call_id"])
                 if row["state"] == "settled":
                     return HoldOutcome(
-                        "replay", other_call_id=row["call_id"], stored=self.stored_response(row["call_id"])
+                        "replay", other_call_id=row["call_id"], stored=self._stored_response(row["call_id"])
                     )
             db.execute(
                 "INSERT OR REPLACE INTO idempotency (key_id, idem_key, call_id, state, created_at)"
@@ -231,24 +278,12 @@ class SQLiteStore:
             (call.reserved, account),
         )
         if cur.rowcount == 0:
-            row = db.execute(
-                "SELECT cap_nano, debits_posted, debits_pending FROM accounts WHERE id = ?", (account,)
-            ).fetchone()
-            if row is None:
-                raise LookupError(f"no ledger account {account}")
-            refused = check_hold(row[0], row[1], row[2], call.reserved)
-            assert refused is not None
-            if call.idempotency_key is not None:
-                db.execute(
-                    "DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND call_id = ?",
-                    (call.key_id, call.idempotency_key, call.id),
-                )
-            return HoldOutcome("refused", refused=refused)
-        self._credit(provider_account, call.reserved, 0)
+            return self._refused(call, account)
+        self._credit(provider, call.reserved, 0)
         hold = db.execute(
             "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)"
             " VALUES (?, 'hold', ?, ?, ?, 'pending', ?)",
-            (call.id, account, provider_account, call.reserved, call.started_at),
+            (call.id, account, provider, call.reserved, call.started_at),
         ).lastrowid
         db.execute(
             "INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,"
@@ -262,11 +297,23 @@ class SQLiteStore:
         )  # fmt: skip
         return HoldOutcome("held")
 
-    def mark_forwarded(self, call_id: str) -> None:
-        self.db.execute("UPDATE calls SET forwarded = 1 WHERE id = ?", (call_id,))
+    def _refused(self, call: CallStart, account: str) -> HoldOutcome:
+        """The hold did not fit under the cap: say by how much, and free the idempotency key again."""
+        row = self.db.execute(
+            "SELECT cap_nano, debits_posted, debits_pending FROM accounts WHERE id = ?", (account,)
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"no ledger account {account}")
+        refused = check_hold(row[0], row[1], row[2], call.reserved)
+        assert refused is not None
+        if call.idempotency_key is not None:
+            self.db.execute(
+                "DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND call_id = ?",
+                (call.key_id, call.idempotency_key, call.id),
+            )
+        return HoldOutcome("refused", refused=refused)
 
-    def record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
-        """A repeat of a settled call: its own record, charged nothing."""
+    def _record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
         self.db.execute(
             "INSERT INTO calls (id, key_id, provider, api, model, stream, status, usage_status, cost_usd,"
             " idempotency_key, replay_of, message, started_at, ended_at)"
@@ -279,15 +326,8 @@ class SQLiteStore:
             ),
         )  # fmt: skip
 
-    def finish_call(
-        self,
-        call_id: str,
-        end: CallEnd,
-        now: float,
-        *,
-        void: bool = False,
-        expired: bool = False,
-        needs_reconciliation: bool = False,
+    def _finish_call(
+        self, call_id: str, end: CallEnd, now: float, void: bool, expired: bool, needs_reconciliation: bool
     ) -> Nano:
         """Resolve a pending hold: post ``end.billed`` and release the rest, or void it (cost 0).
 
@@ -314,7 +354,7 @@ class SQLiteStore:
         if row is None:
             return 0
         held, hold_id = row["reserved_nano"], row["hold_id"]
-        debit, credit = f"key:{row['key_id']}", f"provider:{row['provider']}"
+        debit, credit = key_account(row["key_id"]), provider_account(row["provider"])
         split = settlement_for(held, actual)
         if void:
             state, kind = TransferState.VOIDED, TransferKind.VOID
@@ -340,82 +380,74 @@ class SQLiteStore:
         )
         self._credit(credit, -held, actual)
         if row["idempotency_key"] is not None:
-            idem_state = "voided" if void else "settled"
-            db.execute(
-                "UPDATE idempotency SET state = ? WHERE key_id = ? AND idem_key = ? AND call_id = ?",
-                (idem_state, row["key_id"], row["idempotency_key"], call_id),
-            )
-            if end.stored_response is not None and not void:
-                sr = end.stored_response
-                db.execute(
-                    "INSERT OR REPLACE INTO stored_responses (call_id, status, headers_json, body, stream)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (call_id, sr.status, json.dumps(sr.headers), sr.body, int(sr.stream)),
-                )
+            self._settle_idempotency(call_id, row["key_id"], row["idempotency_key"], end, void)
         return split.overrun
 
-    def stored_response(self, call_id: str) -> StoredResponse | None:
+    def _settle_idempotency(self, call_id: str, key_id: str, idem_key: str, end: CallEnd, void: bool) -> None:
+        """A voided call frees its idempotency key; a settled one keeps its response for replays."""
+        self.db.execute(
+            "UPDATE idempotency SET state = ? WHERE key_id = ? AND idem_key = ? AND call_id = ?",
+            ("voided" if void else "settled", key_id, idem_key, call_id),
+        )
+        if end.stored_response is not None and not void:
+            sr = end.stored_response
+            self.db.execute(
+                "INSERT OR REPLACE INTO stored_responses (call_id, status, headers_json, body, stream)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (call_id, sr.status, json.dumps(sr.headers), sr.body, int(sr.stream)),
+            )
+
+    def _stored_response(self, call_id: str) -> StoredResponse | None:
         row = self.db.execute("SELECT * FROM stored_responses WHERE call_id = ?", (call_id,)).fetchone()
         if row is None:
             return None
         headers = [(str(k), str(v)) for k, v in json.loads(row["headers_json"])]
         return StoredResponse(row["status"], headers, bytes(row["body"]), bool(row["stream"]))
 
-    def renew_leases(self, owner: str, until: float) -> int:
-        """Extend the leases of this process's pending calls (one statement for all of them)."""
+    def _renew_leases(self, owner: str, until: float) -> int:
         return self.db.execute(
             "UPDATE calls SET lease_expires_at = ? WHERE status = 'pending' AND lease_owner = ?", (until, owner)
         ).rowcount
 
-    def lapsed_calls(self, now: float) -> list[sqlite3.Row]:
-        return list(
-            self.db.execute(
+    # ---- leases and reads (plain reads, no transaction) -----------------------------------------
+
+    async def lapsed_calls(self, now: float) -> list[LapsedCall]:
+        return [
+            LapsedCall(r[0], bool(r[1]), r[2])
+            for r in self.db.execute(
                 "SELECT id, forwarded, estimate_nano FROM calls WHERE status = 'pending' AND lease_expires_at < ?",
                 (now,),
             )
-        )
+        ]
 
-    # ---- reads --------------------------------------------------------------------------------
-
-    def get_call(self, call_id: str) -> dict[str, Any] | None:
+    async def get_call(self, call_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
         return dict(row) if row else None
 
-    def list_calls(
-        self,
-        key_id: str | None,
-        limit: int,
-        since: float | None,
-        until: float | None,
-        status: str | None,
-        cursor: tuple[float, str] | None,
-    ) -> list[dict[str, Any]]:
-        """Calls newest first; ``cursor`` is the (started_at, id) of the last row of the previous page."""
+    async def list_calls(self, page: CallPage) -> list[dict[str, Any]]:
+        """Calls newest first; ``page.cursor`` is the (started_at, id) of the last row of the previous page."""
         where: list[str] = []
         args: list[Any] = []
-        if key_id is not None:
-            where.append("key_id = ?")
-            args.append(key_id)
-        if since is not None:
-            where.append("started_at >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("started_at < ?")
-            args.append(until)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if cursor is not None:
+        for column, op, value in (
+            ("key_id", "=", page.key_id),
+            ("started_at", ">=", page.since),
+            ("started_at", "<", page.until),
+            ("status", "=", page.status),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                args.append(value)
+        if page.cursor is not None:
             where.append("(started_at < ? OR (started_at = ? AND id < ?))")
-            args.extend([cursor[0], cursor[0], cursor[1]])
+            args.extend([page.cursor[0], page.cursor[0], page.cursor[1]])
         sql = "SELECT * FROM calls"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, id DESC LIMIT ?"
-        args.append(limit)
+        args.append(page.limit)
         return [dict(r) for r in self.db.execute(sql, args)]
 
-    def accounts(self) -> list[Account]:
+    async def accounts(self) -> list[Account]:
         return [
             Account(r[0], r[1], r[2], r[3], r[4], r[5])
             for r in self.db.execute(
@@ -423,7 +455,7 @@ class SQLiteStore:
             )
         ]
 
-    def transfers(self) -> list[Transfer]:
+    async def transfers(self) -> list[Transfer]:
         return [
             Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7]))
             for r in self.db.execute(
@@ -432,11 +464,11 @@ class SQLiteStore:
             )
         ]
 
-    def pending_count(self) -> int:
+    async def pending_count(self) -> int:
         """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
         return int(self.db.execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0])
 
-    def reconciliation_calls(self) -> list[dict[str, Any]]:
+    async def reconciliation_calls(self) -> list[dict[str, Any]]:
         return [
             dict(r)
             for r in self.db.execute(
