@@ -14,7 +14,7 @@ from fairmeter.ledger.explain import refusal_message, state_of
 from fairmeter.ledger.funding import BucketKind, Size
 from fairmeter.ledger.verify import verify_books
 from fairmeter.store import admin_sql, funding_sql
-from fairmeter.store.sql import SQLiteTx, run_now
+from fairmeter.store.sql import Tx, run_now
 from fairmeter.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
@@ -36,19 +36,16 @@ class Books:
     def __init__(self, path: Path) -> None:
         self.store = SQLiteStore(f"sqlite:///{path}", NOW)
         self.db: sqlite3.Connection = self.store.db
-        self.tx = SQLiteTx(self.db)
-        self.run(admin_sql.create_org(self.tx, "acme", "test", NOW))
-        self.run(admin_sql.put_plan(self.tx, dict(PRO), "test", NOW))
-        self.payer = self.run(admin_sql.create_payer(self.tx, "acme", None, "pro", {}, "test", NOW))["id"]
-        with self.store.transaction():
-            key, _ = self.store.create_key("k", None, False, NOW)
+        self.run(lambda tx: admin_sql.create_org(tx, "acme", "test", NOW))
+        self.run(lambda tx: admin_sql.put_plan(tx, dict(PRO), "test", NOW))
+        self.payer = self.run(lambda tx: admin_sql.create_payer(tx, "acme", None, "pro", {}, "test", NOW))["id"]
+        key, _ = run_now(self.store.create_key("k", None, False, NOW))
         self.key = key.id
-        self.run(admin_sql.assign_key(self.tx, self.key, "acme", None, "svc", "test", NOW))
+        self.run(lambda tx: admin_sql.assign_key(tx, self.key, "acme", None, "svc", "test", NOW))
         self.n = 0
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        with self.store.transaction():
-            return run_now(coro)
+    def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return run_now(self.store.run(op))
 
     def call(
         self, held: int, cost: int, now: float = NOW, tokens: int = 0
@@ -56,14 +53,18 @@ class Books:
         """Hold ``held`` then settle at ``cost``; returns the settlement (None if refused) and the refusal text."""
         self.n += 1
         cid = f"c{self.n}"
-        h = self.run(funding_sql.hold_funding(self.tx, cid, self.payer, f"key:{self.key}", Size(held, tokens), now))
+        h = self.run(
+            lambda tx: funding_sql.hold_funding(tx, cid, self.payer, f"key:{self.key}", Size(held, tokens), now)
+        )
         if h.held is None:
             assert h.refusal is not None and h.funding is not None
             tight = h.refusal.tightest
             return None, refusal_message(h.refusal, state_of(tight) if tight else None)
         text = funding_sql.allocation_json(h.held.allocation, h.held.spill_start, h.held.overage_start)
         settled = self.run(
-            funding_sql.settle_funding(self.tx, cid, self.payer, f"key:{self.key}", text, Size(cost), now, void=False)
+            lambda tx: funding_sql.settle_funding(
+                tx, cid, self.payer, f"key:{self.key}", text, Size(cost), now, void=False
+            )
         )
         with self.store.transaction():  # the part of the call record a refund reads
             self.db.execute(
@@ -74,15 +75,15 @@ class Books:
         return settled, ""
 
     def set(self, **changes: Any) -> None:
-        self.run(admin_sql.set_payer(self.tx, self.payer, changes, "test", NOW))
+        self.run(lambda tx: admin_sql.set_payer(tx, self.payer, changes, "test", NOW))
 
     def limits(self, now: float = NOW) -> dict[str, Any]:
-        return self.run(admin_sql.limits(self.tx, self.payer, now))
+        return self.run(lambda tx: admin_sql.limits(tx, self.payer, now))
 
     def check(self) -> None:
-        balanced, _, problems = verify_books(self.store.accounts(), self.store.transfers())
+        balanced, _, problems = verify_books(run_now(self.store.accounts()), run_now(self.store.transfers()))
         assert balanced, problems
-        for acct in self.store.accounts():
+        for acct in run_now(self.store.accounts()):
             if acct.id.startswith(("grant:", "credits:")):
                 assert acct.credits_posted - acct.debits_posted - acct.debits_pending >= 0, acct
 
@@ -91,7 +92,7 @@ class Books:
 def books(tmp_path: Path) -> Iterator[Books]:
     b = Books(tmp_path / "f.db")
     yield b
-    b.store.close()
+    run_now(b.store.close())
 
 
 def paid(s: funding_sql.FundingSettled | None) -> list[tuple[str, int]]:
@@ -125,9 +126,9 @@ def test_a_new_block_opens_after_the_last_one_closed_and_the_week_still_counts(b
 
 def test_spill_burns_grants_by_priority_then_purchased_credits(books: Books) -> None:
     books.set(spill_to_credits=True)
-    first = books.run(admin_sql.add_grant(books.tx, books.payer, USD, "welcome", "test", NOW, priority=5))
-    urgent = books.run(admin_sql.add_grant(books.tx, books.payer, USD, "sorry", "test", NOW, priority=1))
-    books.run(admin_sql.topup(books.tx, books.payer, 10 * USD, "inv-1", "test", NOW))
+    first = books.run(lambda tx: admin_sql.add_grant(tx, books.payer, USD, "welcome", "test", NOW, priority=5))
+    urgent = books.run(lambda tx: admin_sql.add_grant(tx, books.payer, USD, "sorry", "test", NOW, priority=1))
+    books.run(lambda tx: admin_sql.topup(tx, books.payer, 10 * USD, "inv-1", "test", NOW))
     books.call(4 * USD, 4 * USD)  # $1 of room left in the 5-hour window
     s, _ = books.call(4 * USD, 4 * USD)
     assert paid(s) == [("subscription", USD), (urgent["id"], USD), (first["id"], USD), ("credits", USD)]
@@ -140,7 +141,7 @@ def test_spill_burns_grants_by_priority_then_purchased_credits(books: Books) -> 
 
 def test_a_cheap_call_is_paid_by_the_subscription_even_when_its_hold_spilled(books: Books) -> None:
     books.set(spill_to_credits=True)
-    books.run(admin_sql.topup(books.tx, books.payer, 10 * USD, "inv-1", "test", NOW))
+    books.run(lambda tx: admin_sql.topup(tx, books.payer, 10 * USD, "inv-1", "test", NOW))
     books.call(4 * USD, 4 * USD)
     s, _ = books.call(3 * USD, USD // 2)
     assert paid(s) == [("subscription", USD // 2)]
@@ -150,30 +151,30 @@ def test_a_cheap_call_is_paid_by_the_subscription_even_when_its_hold_spilled(boo
 
 def test_an_expired_grant_is_never_spent_and_its_expiry_is_posted(books: Books) -> None:
     books.set(spill_to_credits=True)
-    g = books.run(admin_sql.add_grant(books.tx, books.payer, USD, "promo", "test", NOW, expires_at=NOW + 60))
+    g = books.run(lambda tx: admin_sql.add_grant(tx, books.payer, USD, "promo", "test", NOW, expires_at=NOW + 60))
     books.call(5 * USD, 5 * USD)
     s, why = books.call(USD // 2, USD // 2, now=NOW + 61)
     assert s is None and "credits and grants have $0.00 left" in why
-    assert books.run(admin_sql.lapse_grants(books.tx, NOW + 61)) == 1
-    lapse = [t for t in books.store.transfers() if t.kind == "lapse"]
+    assert books.run(lambda tx: admin_sql.lapse_grants(tx, NOW + 61)) == 1
+    lapse = [t for t in run_now(books.store.transfers()) if t.kind == "lapse"]
     assert [(t.debit_account, t.credit_account, t.amount) for t in lapse] == [
         (f"grant:{g['id']}", "expired:grants", USD)
     ]
-    assert books.run(admin_sql.lapse_grants(books.tx, NOW + 120)) == 0  # once
+    assert books.run(lambda tx: admin_sql.lapse_grants(tx, NOW + 120)) == 0  # once
     books.check()
 
 
 def test_a_grant_that_expires_between_hold_and_settlement_pays_nothing(books: Books) -> None:
     books.set(spill_to_credits=True)
-    books.run(admin_sql.add_grant(books.tx, books.payer, 2 * USD, "promo", "test", NOW, expires_at=NOW + 60))
-    books.run(admin_sql.topup(books.tx, books.payer, 10 * USD, "inv-1", "test", NOW))
+    books.run(lambda tx: admin_sql.add_grant(tx, books.payer, 2 * USD, "promo", "test", NOW, expires_at=NOW + 60))
+    books.run(lambda tx: admin_sql.topup(tx, books.payer, 10 * USD, "inv-1", "test", NOW))
     books.call(5 * USD, 5 * USD)
-    h = books.run(funding_sql.hold_funding(books.tx, "x", books.payer, f"key:{books.key}", Size(USD), NOW))
+    h = books.run(lambda tx: funding_sql.hold_funding(tx, "x", books.payer, f"key:{books.key}", Size(USD), NOW))
     assert h.held is not None and [p.bucket for p in h.held.allocation.portions] == [BucketKind.GRANTS]
     text = funding_sql.allocation_json(h.held.allocation, None, None)
     s = books.run(
-        funding_sql.settle_funding(
-            books.tx, "x", books.payer, f"key:{books.key}", text, Size(USD), NOW + 61, void=False
+        lambda tx: funding_sql.settle_funding(
+            tx, "x", books.payer, f"key:{books.key}", text, Size(USD), NOW + 61, void=False
         )
     )
     assert [p.bucket for p in s.paid.portions] == [BucketKind.CREDITS]  # placed on current room instead
@@ -182,20 +183,20 @@ def test_a_grant_that_expires_between_hold_and_settlement_pays_nothing(books: Bo
 
 def test_refunds_go_back_to_their_buckets_or_become_a_grant(books: Books) -> None:
     books.set(spill_to_credits=True)
-    books.run(admin_sql.topup(books.tx, books.payer, 10 * USD, "inv-1", "test", NOW))
+    books.run(lambda tx: admin_sql.topup(tx, books.payer, 10 * USD, "inv-1", "test", NOW))
     books.call(4 * USD, 4 * USD)
     books.call(3 * USD, 3 * USD)  # $1 from the subscription, $2 from credits
-    out = books.run(admin_sql.refund_call(books.tx, "c2", USD + USD // 2, "bad answer", "test", NOW))
+    out = books.run(lambda tx: admin_sql.refund_call(tx, "c2", USD + USD // 2, "bad answer", "test", NOW))
     assert [(r["bucket"], r["amount_usd"]) for r in out["returned"]] == [("credits", "1.5")]
     assert books.limits()["credits"]["remaining_usd"] == "9.5"
     later = NOW + 6 * 3600  # the 5-hour block has closed: its share becomes a grant
-    out = books.run(admin_sql.refund_call(books.tx, "c2", None, "still bad", "test", later))
+    out = books.run(lambda tx: admin_sql.refund_call(tx, "c2", None, "still bad", "test", later))
     assert [(r["bucket"], r["amount_usd"], r.get("new_grant")) for r in out["returned"]] == [
         ("credits", "0.5", None),
         ("grants", "1", True),
     ]
     with pytest.raises(Exception, match="at most 0 USD more"):
-        books.run(admin_sql.refund_call(books.tx, "c2", None, "again", "test", later))
+        books.run(lambda tx: admin_sql.refund_call(tx, "c2", None, "again", "test", later))
     books.check()
 
 
@@ -212,7 +213,7 @@ def test_limits_agree_with_the_next_call(books: Books) -> None:
 
 
 def test_every_change_is_logged_with_its_actor(books: Books) -> None:
-    log = books.run(admin_sql.admin_log(books.tx, 100))
+    log = books.run(lambda tx: admin_sql.admin_log(tx, 100))
     assert [(e["actor"], e["action"]) for e in reversed(log)] == [
         ("test", "org.create"),
         ("test", "plan.create"),
@@ -221,27 +222,30 @@ def test_every_change_is_logged_with_its_actor(books: Books) -> None:
     ]
 
 
-Bad = Callable[[Books], Coroutine[Any, Any, Any]]
+Bad = Callable[[Books], Callable[[Tx], Coroutine[Any, Any, Any]]]
 
 
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (lambda b: admin_sql.add_grant(b.tx, b.payer, 0, "x", "t", NOW), "more than $0"),
-        (lambda b: admin_sql.add_grant(b.tx, b.payer, 1, " ", "t", NOW), "needs a reason"),
-        (lambda b: admin_sql.add_grant(b.tx, "pay_nope", 1, "x", "t", NOW), "No payer 'pay_nope'"),
-        (lambda b: admin_sql.topup(b.tx, b.payer, -5, "x", "t", NOW), "more than $0"),
-        (lambda b: admin_sql.set_payer(b.tx, b.payer, {"plan": "gold"}, "t", NOW), "No plan named 'gold'"),
-        (lambda b: admin_sql.set_payer(b.tx, b.payer, {"spill_cap_usd": "-2"}, "t", NOW), "spill_cap_usd must be"),
-        (lambda b: admin_sql.set_payer(b.tx, b.payer, {"colour": 1}, "t", NOW), "Unknown payer setting"),
-        (lambda b: admin_sql.create_payer(b.tx, "acme", None, "pro", {}, "t", NOW), "already has a payer"),
-        (lambda b: admin_sql.put_plan(b.tx, {"name": "x", "windows": 3}, "t", NOW), "windows must be a list"),
-        (lambda b: admin_sql.create_org(b.tx, "acme", "t", NOW), "already exists"),
+        (lambda b: lambda tx: admin_sql.add_grant(tx, b.payer, 0, "x", "t", NOW), "more than $0"),
+        (lambda b: lambda tx: admin_sql.add_grant(tx, b.payer, 1, " ", "t", NOW), "needs a reason"),
+        (lambda b: lambda tx: admin_sql.add_grant(tx, "pay_nope", 1, "x", "t", NOW), "No payer 'pay_nope'"),
+        (lambda b: lambda tx: admin_sql.topup(tx, b.payer, -5, "x", "t", NOW), "more than $0"),
+        (lambda b: lambda tx: admin_sql.set_payer(tx, b.payer, {"plan": "gold"}, "t", NOW), "No plan named 'gold'"),
+        (
+            lambda b: lambda tx: admin_sql.set_payer(tx, b.payer, {"spill_cap_usd": "-2"}, "t", NOW),
+            "spill_cap_usd must be",
+        ),
+        (lambda b: lambda tx: admin_sql.set_payer(tx, b.payer, {"colour": 1}, "t", NOW), "Unknown payer setting"),
+        (lambda b: lambda tx: admin_sql.create_payer(tx, "acme", None, "pro", {}, "t", NOW), "already has a payer"),
+        (lambda b: lambda tx: admin_sql.put_plan(tx, {"name": "x", "windows": 3}, "t", NOW), "windows must be a list"),
+        (lambda b: lambda tx: admin_sql.create_org(tx, "acme", "t", NOW), "already exists"),
     ],
 )
 def test_bad_admin_input_is_refused_and_changes_nothing(books: Books, bad: Bad, message: str) -> None:
-    before = books.run(admin_sql.admin_log(books.tx, 100))
+    before = books.run(lambda tx: admin_sql.admin_log(tx, 100))
     with pytest.raises(Exception, match=message.replace("$", r"\$").replace("(", r"\(")):
         books.run(bad(books))
-    assert books.run(admin_sql.admin_log(books.tx, 100)) == before
+    assert books.run(lambda tx: admin_sql.admin_log(tx, 100)) == before
     books.check()

@@ -24,7 +24,7 @@ from fairmeter.ledger.funding import Size
 from fairmeter.ledger.verify import verify_books
 from fairmeter.money import parse_usd, to_nano, usd_text
 from fairmeter.store import admin_sql, funding_sql
-from fairmeter.store.sql import SQLiteTx, run_now
+from fairmeter.store.sql import run_now
 from fairmeter.store.sqlite import SQLiteStore
 
 USD = 1_000_000_000
@@ -58,36 +58,34 @@ class FundingMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.TemporaryDirectory()
         self.store = SQLiteStore(f"sqlite:///{Path(self.dir.name) / 'm.db'}", START)
-        self.tx = SQLiteTx(self.store.db)
         self.now = START
         self.n = 0
-        self.run(admin_sql.create_org(self.tx, "o", "m", self.now))
-        self.run(admin_sql.put_plan(self.tx, dict(PLAN), "m", self.now))
-        self.payer = self.run(admin_sql.create_payer(self.tx, "o", None, "sub", {}, "m", self.now))["id"]
+        self.run(lambda tx: admin_sql.create_org(tx, "o", "m", self.now))
+        self.run(lambda tx: admin_sql.put_plan(tx, dict(PLAN), "m", self.now))
+        self.payer = self.run(lambda tx: admin_sql.create_payer(tx, "o", None, "sub", {}, "m", self.now))["id"]
         self.key = "key:k"
 
     def teardown(self) -> None:
-        self.store.close()
+        run_now(self.store.close())
         self.dir.cleanup()
 
-    def run(self, coro: Any) -> Any:
-        with self.store.transaction():
-            return run_now(coro)
+    def run(self, op: Any) -> Any:
+        return run_now(self.store.run(op))
 
     # ---- money in and switches -----------------------------------------------------------------
 
     @rule(amount=amounts, priority=st.integers(0, 3), ttl_h=st.integers(1, 300))
     def grant(self, amount: int, priority: int, ttl_h: int) -> None:
-        self.run(admin_sql.add_grant(self.tx, self.payer, amount, "promo", "m", self.now, priority=priority,
+        self.run(lambda tx: admin_sql.add_grant(tx, self.payer, amount, "promo", "m", self.now, priority=priority,
                                      expires_at=self.now + ttl_h * 3600))  # fmt: skip
 
     @rule(amount=amounts)
     def topup(self, amount: int) -> None:
-        self.run(admin_sql.topup(self.tx, self.payer, amount, "inv", "m", self.now))
+        self.run(lambda tx: admin_sql.topup(tx, self.payer, amount, "inv", "m", self.now))
 
     @rule(spill=st.booleans(), overage=st.booleans())
     def switches(self, spill: bool, overage: bool) -> None:
-        self.run(admin_sql.set_payer(self.tx, self.payer, {"spill_to_credits": spill, "overage_enabled": overage},
+        self.run(lambda tx: admin_sql.set_payer(tx, self.payer, {"spill_to_credits": spill, "overage_enabled": overage},
                                      "m", self.now))  # fmt: skip
 
     @rule(minutes=st.integers(1, 3 * 24 * 60))
@@ -96,16 +94,16 @@ class FundingMachine(RuleBasedStateMachine):
 
     @rule()
     def lapse_grants(self) -> None:
-        self.run(admin_sql.lapse_grants(self.tx, self.now))
+        self.run(lambda tx: admin_sql.lapse_grants(tx, self.now))
 
     # ---- calls -----------------------------------------------------------------------------------
 
     @rule(target=calls, amount=amounts)
     def hold(self, amount: int) -> Any:
-        before = self.run(admin_sql.limits(self.tx, self.payer, self.now))
+        before = self.run(lambda tx: admin_sql.limits(tx, self.payer, self.now))
         self.n += 1
         cid = f"c{self.n}"
-        h = self.run(funding_sql.hold_funding(self.tx, cid, self.payer, self.key, Size(amount), self.now))
+        h = self.run(lambda tx: funding_sql.hold_funding(tx, cid, self.payer, self.key, Size(amount), self.now))
         expected = greedy(before, amount)
         if h.held is None:
             assert expected is None, f"refused although the rooms {before} cover {amount}"
@@ -120,10 +118,10 @@ class FundingMachine(RuleBasedStateMachine):
             return None
         cid, text, _ = call
         s = self.run(
-            funding_sql.settle_funding(self.tx, cid, self.payer, self.key, text, Size(cost), self.now, void=void)
+            lambda tx: funding_sql.settle_funding(tx, cid, self.payer, self.key, text, Size(cost), self.now, void=void)
         )
         posted: dict[str, int] = {}
-        for t in self.store.transfers():
+        for t in run_now(self.store.transfers()):
             if t.call_id == cid and t.kind in ("post", "overrun"):
                 posted[t.debit_account] = posted.get(t.debit_account, 0) + t.amount
         held = funding_sql.held_from_json(text).allocation
@@ -177,19 +175,21 @@ class FundingMachine(RuleBasedStateMachine):
             return
         row = self.store.db.execute("SELECT paid_json FROM calls WHERE id = ?", (call,)).fetchone()
         charged = sum(a for _, _, a in json.loads(row[0])["portions"])
-        done = sum(t.amount for t in self.store.transfers() if t.call_id == call and t.kind in ("refund", "regrant"))
+        done = sum(
+            t.amount for t in run_now(self.store.transfers()) if t.call_id == call and t.kind in ("refund", "regrant")
+        )
         amount = int((charged - done) * share)
         if amount <= 0:
             return
-        self.run(admin_sql.refund_call(self.tx, call, amount, "support", "m", self.now))
+        self.run(lambda tx: admin_sql.refund_call(tx, call, amount, "support", "m", self.now))
 
     # ---- invariants ----------------------------------------------------------------------------
 
     @invariant()
     def books_balance_and_nothing_is_negative_or_over(self) -> None:
-        balanced, _, problems = verify_books(self.store.accounts(), self.store.transfers())
+        balanced, _, problems = verify_books(run_now(self.store.accounts()), run_now(self.store.transfers()))
         assert balanced, problems
-        for a in self.store.accounts():
+        for a in run_now(self.store.accounts()):
             if a.id.startswith(("grant:", "credits:")):
                 assert a.credits_posted - a.debits_posted - a.debits_pending >= 0, a
         db = self.store.db

@@ -11,12 +11,16 @@ Results are codes, not exceptions (TigerBeetle style): a hold that does not fit 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fairmeter.ledger.model import Account, Transfer
 from fairmeter.money import Nano
 from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord
+from fairmeter.store.sql import Tx
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +119,8 @@ class Store(Protocol):
     async def pending_count(self) -> int: ...
 
     async def reconciliation_calls(self) -> list[dict[str, Any]]: ...
+
+    # ---- everything else ---------------------------------------------------------------------
+    async def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        """``op`` in one transaction of its own (admin changes, limits, explanations: SQL written once
+        for both backends over :class:`fairmeter.store.sql.Tx`)."""

@@ -18,10 +18,10 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fairmeter.ledger.model import (
     Account,
@@ -46,8 +46,10 @@ from fairmeter.store.records import (
     new_key,
     provider_account,
 )
+from fairmeter.store.sql import SQLiteTx, Tx, run_now
 
 CHECKPOINT_INTERVAL_S = 0.5
+T = TypeVar("T")
 log = logging.getLogger("fairmeter.store")
 
 
@@ -467,6 +469,10 @@ class SQLiteStore:
     async def pending_count(self) -> int:
         """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
         return int(self.db.execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0])
+
+    async def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        with self.transaction():
+            return run_now(op(SQLiteTx(self.db)))
 
     async def reconciliation_calls(self) -> list[dict[str, Any]]:
         return [
