@@ -7,6 +7,8 @@
     ├── RequestTooLarge                413     request_too_large
     ├── UnboundedRequest               400     unbounded_request
     ├── BudgetExceeded                 402     budget_exceeded
+    ├── AllowanceExhausted             402     allowance_exhausted      (the payer's buckets cannot cover it)
+    ├── AdminRequired                  403     admin_required           (fairmeter's admin API)
     ├── IdempotencyKeyInUse            409     idempotency_key_in_use   (the only retryable one)
     └── NotFound                       404     not_found                (fairmeter's own API)
 
@@ -57,6 +59,21 @@ class UnboundedRequest(FairmeterError):
 class BudgetExceeded(FairmeterError):
     status = 402
     code = "budget_exceeded"
+
+
+class AllowanceExhausted(FairmeterError):
+    """The payer's funding buckets that are switched on cannot cover the call's hold (docs/funding.md).
+
+    Never a 429 with Retry-After: the anthropic SDK would sleep for as long as it says.
+    """
+
+    status = 402
+    code = "allowance_exhausted"
+
+
+class AdminRequired(FairmeterError):
+    status = 403
+    code = "admin_required"
 
 
 class IdempotencyKeyInUse(FairmeterError):
