@@ -155,7 +155,13 @@ def test_kill_9_mid_stream_then_a_new_gateway_settles_the_hold_once(emulator: Em
         assert call is not None and call["status"] != "pending"
         assert call["needs_reconciliation"] == 1 and call["usage_status"] == "unknown"
         transfers = [t for t in store.transfers() if t.call_id == pending[0][0]]
-        assert [t.kind.value for t in transfers] == ["hold", "expire"]
+        spend = [t.kind.value for t in transfers if t.debit_account.startswith("key:")]
+        funding = [(t.kind.value, t.debit_account, t.amount) for t in transfers if t.credit_account.startswith("key:")]
+        assert spend == ["hold", "expire"]  # settled once, at its estimate
+        assert funding == [  # the payer's pay-as-you-go bucket funded the hold, then exactly the estimate
+            ("hold", "overage:pay_default", call["reserved_nano"]),
+            ("post", "overage:pay_default", call["billed_nano"]),
+        ]
         result = store.run(verify_store)
         assert result["balanced"] and result["caps_ok"] and result["pending_calls"] == 0
         assert Decimal(store.key_spend(call["key_id"])[0]) == call["billed_nano"]

@@ -1,10 +1,11 @@
-"""fairmeter's own read API: ``/fairmeter/v1/calls`` and ``/fairmeter/v1/calls/{id}``."""
+"""fairmeter's own read API: ``/fairmeter/v1/calls``, ``/calls/{id}``, ``/calls/{id}/explain``, ``/limits``."""
 
 from __future__ import annotations
 
 import base64
 import math
 from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -13,8 +14,10 @@ from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
 from fairmeter.gateway.asgi import Scope, Send, send_whole
 from fairmeter.gateway.errors import render
 from fairmeter.gateway.state import GatewayState
+from fairmeter.money import usd_str
+from fairmeter.store.admin_sql import limits
 from fairmeter.store.protocol import CallPage
-from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json
+from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, KeyRecord, call_json, explain_json
 
 
 def _time_param(value: str, name: str) -> float:
@@ -48,10 +51,14 @@ async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
         if path == "/fairmeter/v1/calls":
             body = await _list(state, key.id if not key.admin else None, scope)
         elif path.startswith("/fairmeter/v1/calls/"):
-            row = await state.store.get_call(path.rsplit("/", 1)[1])
+            rest = path[len("/fairmeter/v1/calls/") :]
+            explain = rest.endswith("/explain")
+            row = await state.store.get_call(rest.removesuffix("/explain"))
             if row is None or (not key.admin and row["key_id"] != key.id):
                 raise NotFound("No call with that id is visible to this key.")
-            body = orjson.dumps(call_json(row))
+            body = orjson.dumps(explain_json(row) if explain else call_json(row))
+        elif path == "/fairmeter/v1/limits":
+            body = orjson.dumps(await _limits(state, key))
         else:
             raise NotFound(f"{path} is not a fairmeter API route.")
     except FairmeterError as exc:
@@ -59,6 +66,28 @@ async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
         await send_whole(send, status, headers, err)
         return
     await send_whole(send, 200, [(b"content-type", b"application/json")], body)
+
+
+async def _limits(state: GatewayState, key: KeyRecord) -> dict[str, Any]:
+    """The caller's payer: every window and bucket (used, limit, room, reset), and the key's own cap."""
+    now = state.clock.now()
+    out: dict[str, Any] = {"key": await _key_budget(state, key)}
+    if key.payer_id is not None:
+        payer_id = key.payer_id
+        out.update(await state.store.run(lambda tx: limits(tx, payer_id, now)))
+    return out
+
+
+async def _key_budget(state: GatewayState, key: KeyRecord) -> dict[str, Any]:
+    spent, held = await state.store.key_spend(key.id)
+    cap = key.max_spend
+    return {
+        "id": key.id,
+        "cap_usd": None if cap is None else usd_str(cap),
+        "spent_usd": usd_str(spent),
+        "held_usd": usd_str(held),
+        "remaining_usd": None if cap is None else usd_str(max(0, cap - spent - held)),
+    }
 
 
 async def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 import orjson
@@ -36,6 +36,11 @@ class Quote:
     model: str = ""
     tier: str | None = None  # the service tier asked for (None: standard)
 
+    @property
+    def tokens(self) -> int:
+        """Worst-case tokens of every class (for subscription windows counted in tokens)."""
+        return self.bound.max_input_tokens + self.bound.max_output_tokens
+
 
 @dataclass(frozen=True, slots=True)
 class Bill:
@@ -48,6 +53,7 @@ class Bill:
     breakdown_json: str
     prices_json: str | None = None  # set when the call was served in another tier than it was held for
     price_source: str | None = None
+    tokens: int = 0  # billed tokens of every class
 
 
 class Meter:
@@ -113,7 +119,32 @@ class Meter:
             breakdown_json=orjson.dumps(breakdown).decode(),
             prices_json=prices_json,
             price_source=source,
+            tokens=usage.input_tokens + usage.output_tokens,
         )
+
+    def max_output_fitting(self, quote: Quote, parsed: ParsedRequest, room: Nano) -> int | None:
+        """The largest output limit (``max_tokens``) whose hold fits in ``room``, when a smaller one would.
+
+        None when the hold is not set by the output limit (a configured per-request maximum) or
+        when even one output token would not fit.
+        """
+        if parsed.unbounded_reason is not None or quote.bound.max_output_tokens <= 1:
+            return None
+        model_max = quote.rates.max_output_tokens or quote.rates.context_window or 0
+        current = parsed.output_limit if parsed.output_limit is not None else model_max
+
+        def fits(limit: int) -> bool:
+            bound = replace(parsed, output_limit=limit).bound(model_max)
+            return hold_nano(worst_case(bound, quote.rates)) <= room
+
+        low, high = 0, current - 1  # invariant: fits(low) (or low == 0), the answer is in [low, high]
+        while low < high:
+            mid = (low + high + 1) // 2
+            if fits(mid):
+                low = mid
+            else:
+                high = mid - 1
+        return low if low >= 1 and fits(low) else None
 
     def _rates_json(self, rates: Rates) -> str:
         cached = self._prices_json.get(id(rates))

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from fairmeter.errors import BudgetExceeded, FairmeterError, IdempotencyKeyInUse, InvalidRequest
+from fairmeter.errors import AllowanceExhausted, BudgetExceeded, FairmeterError, IdempotencyKeyInUse, InvalidRequest
 from fairmeter.gateway.asgi import ClientGone, Headers, Receive, Scope, Send, header, read_body, send_whole
 from fairmeter.gateway.errors import error_body, error_headers, render
 from fairmeter.gateway.meter import Quote, budget_message
 from fairmeter.gateway.state import GatewayState
 from fairmeter.gateway.upstream import response_headers
-from fairmeter.store.records import CallEnd, CallStart, StoredResponse
+from fairmeter.money import usd_str
+from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse
 from fairmeter.usage.model import UsageReport, UsageStatus
 from fairmeter.usage.reader import BodyReader, StreamReader
 from fairmeter.usage.request import ParsedRequest
@@ -30,7 +31,12 @@ from fairmeter.usage.sse import SSESplitter
 log = logging.getLogger("fairmeter.gateway")
 
 MAX_IDEMPOTENCY_KEY = 255
-_STATUS_OF_CODE = {"invalid_api_key": "refused", "budget_exceeded": "refused", "idempotency_key_in_use": "refused"}
+_STATUS_OF_CODE = {
+    "invalid_api_key": "refused",
+    "budget_exceeded": "refused",
+    "allowance_exhausted": "refused",
+    "idempotency_key_in_use": "refused",
+}
 
 
 class UpstreamCut(Exception):
@@ -53,13 +59,12 @@ async def metered_call(state: GatewayState, route: Route, scope: Scope, receive:
     """Handle one call end to end; always leaves exactly one call record."""
     call_id = state.new_call_id()
     started = state.clock.now()
-    key_id: str | None = None
+    key: KeyRecord | None = None
     parsed: ParsedRequest | None = None
     quote: Quote | None = None
     idem: str | None = None
     try:
         key = await state.authenticate(scope["headers"])
-        key_id = key.id
         body = await read_body(scope, receive, state.config.max_body_bytes)
         try:
             obj = orjson.loads(body)
@@ -69,20 +74,24 @@ async def metered_call(state: GatewayState, route: Route, scope: Scope, receive:
         idem = _idempotency_key(scope)
         quote = state.meter.quote(route.provider, parsed)
     except FairmeterError as exc:
-        start = _start(state, route, call_id, key_id, parsed, None, idem, started)
+        start = _start(state, route, call_id, key, parsed, None, idem, started)
         await _refuse(state, route, start, exc, send)
         return
     except ClientGone as gone:  # nobody to answer; the record still says what happened
-        start = _start(state, route, call_id, key_id, None, None, None, started)
+        start = _start(state, route, call_id, key, None, None, None, started)
         now, why = state.clock.now(), str(gone)
         await state.store.record_refusal(start, "client_disconnected", "client_disconnected", why, now)
         return
-    start = _start(state, route, call_id, key_id, parsed, quote, idem, started)
+    start = _start(state, route, call_id, key, parsed, quote, idem, started)
     outcome = await state.store.begin_call(start, state.config.idempotency_ttl_s)
     if outcome.kind == "refused":
         r = outcome.refused
         assert r is not None
         await _refuse(state, route, start, BudgetExceeded(budget_message(r.cap, r.spent, r.held, r.amount)), send)
+        return
+    if outcome.kind == "unfunded":
+        assert parsed is not None and quote is not None and outcome.unfunded is not None
+        await _refuse(state, route, start, _allowance_exhausted(state, quote, parsed, outcome), send)
         return
     if outcome.kind == "in_use":
         msg = (
@@ -96,6 +105,18 @@ async def metered_call(state: GatewayState, route: Route, scope: Scope, receive:
         return
     assert parsed is not None and quote is not None
     await _forward(state, route, scope, receive, send, start, parsed, quote, obj, body)
+
+
+def _allowance_exhausted(
+    state: GatewayState, quote: Quote, parsed: ParsedRequest, outcome: HoldOutcome
+) -> AllowanceExhausted:
+    """402 with the exact window, its use, limit and reset, the switch that is off, and a smaller max_tokens."""
+    message = f"This call needs a hold of ${usd_str(quote.reserved)} (its worst-case cost) and it does not fit: "
+    message += f"{outcome.unfunded}."
+    fitting = state.meter.max_output_fitting(quote, parsed, outcome.fundable) if outcome.fundable else None
+    if fitting is not None:
+        message += f" A request with max_tokens of at most {fitting} would fit."
+    return AllowanceExhausted(message)
 
 
 def _idempotency_key(scope: Scope) -> str | None:
@@ -115,7 +136,7 @@ def _start(
     state: GatewayState,
     route: Route,
     call_id: str,
-    key_id: str | None,
+    key: KeyRecord | None,
     parsed: ParsedRequest | None,
     quote: Quote | None,
     idem: str | None,
@@ -123,7 +144,7 @@ def _start(
 ) -> CallStart:
     return CallStart(
         id=call_id,
-        key_id=key_id,
+        key_id=key.id if key else None,
         provider=route.provider,
         api=route.api,
         model=parsed.model if parsed else None,
@@ -136,6 +157,8 @@ def _start(
         started_at=started,
         lease_owner=state.owner,
         lease_expires_at=started + state.config.lease_s,
+        payer_id=key.payer_id if key else None,
+        tokens=quote.tokens if quote else 0,
     )
 
 
@@ -386,6 +409,7 @@ async def _settle(
         stored_response=stored,
         prices_json=bill.prices_json,
         price_source=bill.price_source,
+        tokens=bill.tokens,
     )
     void = report.status is UsageStatus.ERROR
     overrun = await state.store.finish_call(start.id, end, now, void=void, needs_reconciliation=reconcile)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from fairmeter.ledger.explain import WindowState, explain_payment
+from fairmeter.ledger.explain import WindowState, explain_payment, refusal_message, state_of
 from fairmeter.ledger.funding import (
     SPILL_BUCKETS,
     Allocation,
@@ -32,10 +32,9 @@ from fairmeter.ledger.funding import (
 from fairmeter.ledger.plans import Plan, Switches, parse_switches, plan_from_mapping
 from fairmeter.ledger.windows import Unit, WindowSpec, period_bounds, window_start
 from fairmeter.money import Nano
+from fairmeter.store.records import DEFAULT_ORG, DEFAULT_PAYER
 from fairmeter.store.sql import Row, Tx
 
-DEFAULT_ORG = "org_default"
-DEFAULT_PAYER = "pay_default"
 DEFAULT_PLAN = "payg"
 
 # Tables shared by both backends; types that both SQLite and PostgreSQL read the same way.
@@ -388,6 +387,18 @@ class FundingHold:
     held: HeldFunding | None
     refusal: Refusal | None = None
     funding: Funding | None = None
+
+    @property
+    def json(self) -> str:
+        assert self.held is not None
+        return allocation_json(self.held.allocation, self.held.spill_start, self.held.overage_start)
+
+    @property
+    def message(self) -> str:
+        """The refusal's sentence: the exact window, used, limit, reset, and the switch that is off."""
+        assert self.refusal is not None
+        tight = self.refusal.tightest
+        return refusal_message(self.refusal, state_of(tight) if tight else None)
 
 
 async def hold_funding(tx: Tx, call_id: str, payer_id: str, key_account: str, size: Size, now: float) -> FundingHold:

@@ -31,6 +31,7 @@ class KeyRecord:
     max_spend: Nano | None
     created_at: float  # float-ok: seconds
     revoked_at: float | None  # float-ok: seconds
+    payer_id: str | None = None  # who pays for its calls (docs/funding.md); None only before migration m002
 
     @property
     def account(self) -> str:
@@ -40,7 +41,12 @@ class KeyRecord:
 def new_key(name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:  # float-ok: seconds
     """A fresh key's record and its secret (shown once; a backend stores only ``hash_key(secret)``)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(24)
-    return KeyRecord("key_" + secrets.token_hex(6), name, secret[:7], admin, max_spend, now, None), secret
+    record = KeyRecord("key_" + secrets.token_hex(6), name, secret[:7], admin, max_spend, now, None, DEFAULT_PAYER)
+    return record, secret
+
+
+DEFAULT_ORG = "org_default"  # created by migration m002, on the pay-as-you-go plan
+DEFAULT_PAYER = "pay_default"
 
 
 def key_account(key_id: str) -> str:
@@ -71,6 +77,8 @@ class CallStart:
     started_at: float  # float-ok: seconds
     lease_owner: str
     lease_expires_at: float  # float-ok: seconds
+    payer_id: str | None = None  # None: only the key's cap applies (a key from before migration m002)
+    tokens: int = 0  # worst-case tokens of every class, for subscription windows counted in tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,7 @@ class CallEnd:
     stored_response: StoredResponse | None = None
     prices_json: str | None = None  # replaces the held call's unit prices when it was served in another tier
     price_source: str | None = None
+    tokens: int = 0  # tokens of every class the provider reported, for windows counted in tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +115,12 @@ class StoredResponse:
 class HoldOutcome:
     """Result code of a hold (TigerBeetle style: results, not exceptions)."""
 
-    kind: str  # held | refused | in_use | replay
+    kind: str  # held | refused (the key's cap) | unfunded (the payer's buckets) | in_use | replay
     refused: HoldRefused | None = None
     other_call_id: str | None = None
     stored: StoredResponse | None = None
+    unfunded: str | None = None  # why the payer's buckets cannot cover the hold (docs/funding.md)
+    fundable: Nano = 0  # what they could cover: a smaller request up to this would fit
 
 
 CALL_STATUSES = ("ok", "upstream_error", "refused", "bad_request", "client_disconnected", "upstream_cut", "pending")
@@ -171,3 +182,31 @@ def call_json(row: dict[str, Any]) -> dict[str, Any]:
         }
     )
     return out
+
+
+def explain_json(row: dict[str, Any]) -> dict[str, Any]:
+    """Why a call was charged what it was: which buckets paid how much, and one sentence.
+
+    From a ``calls`` row: ``paid_json`` and ``explanation`` are written when the call is settled.
+    """
+    paid = json.loads(row["paid_json"]) if row.get("paid_json") else None
+    sentence = row.get("explanation") or "Nothing was charged."
+    if sentence == "Nothing was charged." and row["message"]:
+        sentence = f"Nothing was charged: {row['message']}"
+    return {
+        "call_id": row["id"],
+        "status": row["status"],
+        "payer_id": row.get("payer_id"),
+        "billed_usd": usd_str(row["billed_nano"]),
+        "paid": [
+            {"bucket": bucket, "source": source, "amount_usd": usd_str(amount)}
+            for bucket, source, amount in (paid["portions"] if paid else [])
+        ],
+        "windows": [
+            {"name": name, "period_start": iso(start), "charged": usd_str(amount) if unit == "usd" else amount,
+             "unit": unit}
+            for name, start, amount, unit in (paid["windows"] if paid else [])
+        ],
+        "overrun_usd": usd_str(paid["overrun"]) if paid and paid["overrun"] else None,
+        "sentence": sentence,
+    }  # fmt: skip

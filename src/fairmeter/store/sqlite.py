@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fairmeter.ledger.funding import Size
 from fairmeter.ledger.model import (
     Account,
     Transfer,
@@ -33,9 +34,11 @@ from fairmeter.ledger.model import (
 )
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter
+from fairmeter.store.funding_sql import hold_funding, paid_json, settle_funding
 from fairmeter.store.migrations import apply_migrations
 from fairmeter.store.protocol import CallPage, LapsedCall
 from fairmeter.store.records import (
+    DEFAULT_ORG,
     CallEnd,
     CallStart,
     HoldOutcome,
@@ -176,10 +179,11 @@ class SQLiteStore:
         key, secret = new_key(name, max_spend, admin, now)
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.id, name, hash_key(secret), key.prefix, int(admin), max_spend, now),
-            )
+                "INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at, org_id,"
+                " service, payer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.id, name, hash_key(secret), key.prefix, int(admin), max_spend, now, DEFAULT_ORG, name,
+                 key.payer_id),
+            )  # fmt: skip
             db.execute("INSERT INTO accounts (id, cap_nano) VALUES (?, ?)", (key.account, max_spend))
         return key, secret
 
@@ -281,6 +285,17 @@ class SQLiteStore:
         )
         if cur.rowcount == 0:
             return self._refused(call, account)
+        funding_json = None
+        if call.payer_id is not None:
+            size = Size(call.reserved, call.tokens)
+            fh = run_now(hold_funding(SQLiteTx(db), call.id, call.payer_id, account, size, call.started_at))
+            if fh.refusal is not None:
+                db.execute(
+                    "UPDATE accounts SET debits_pending = debits_pending - ? WHERE id = ?", (call.reserved, account)
+                )
+                self._free_idempotency(call)
+                return HoldOutcome("unfunded", unfunded=fh.message, fundable=fh.refusal.fundable)
+            funding_json = fh.json
         self._credit(provider, call.reserved, 0)
         hold = db.execute(
             "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)"
@@ -289,12 +304,12 @@ class SQLiteStore:
         ).lastrowid
         db.execute(
             "INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,"
-            " prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at,"
+            " payer_id, funding_json) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.reserved,
                 call.estimate, call.prices_json, call.price_source, call.idempotency_key, hold,
-                call.lease_owner, call.lease_expires_at, call.started_at,
+                call.lease_owner, call.lease_expires_at, call.started_at, call.payer_id, funding_json,
             ),
         )  # fmt: skip
         return HoldOutcome("held")
@@ -308,12 +323,16 @@ class SQLiteStore:
             raise LookupError(f"no ledger account {account}")
         refused = check_hold(row[0], row[1], row[2], call.reserved)
         assert refused is not None
+        self._free_idempotency(call)
+        return HoldOutcome("refused", refused=refused)
+
+    def _free_idempotency(self, call: CallStart) -> None:
+        """A refused call leaves its idempotency key free for a retry."""
         if call.idempotency_key is not None:
             self.db.execute(
                 "DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND call_id = ?",
                 (call.key_id, call.idempotency_key, call.id),
             )
-        return HoldOutcome("refused", refused=refused)
 
     def _record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
         self.db.execute(
@@ -346,7 +365,7 @@ class SQLiteStore:
             " needs_reconciliation = (?11 OR ?6 > reserved_nano), lease_expires_at = NULL,"
             " prices_json = COALESCE(?13, prices_json), price_source = COALESCE(?14, price_source)"
             " WHERE id = ?12 AND status = 'pending'"
-            " RETURNING key_id, provider, hold_id, reserved_nano, idempotency_key",
+            " RETURNING key_id, provider, hold_id, reserved_nano, idempotency_key, payer_id, funding_json",
             (
                 end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
                 int(end.estimated), end.breakdown_json, end.ended_at, end.message, int(needs_reconciliation),
@@ -381,9 +400,24 @@ class SQLiteStore:
             (held, actual, debit),
         )
         self._credit(credit, -held, actual)
+        if row["funding_json"] is not None:
+            self._settle_funding(
+                call_id, row["payer_id"], debit, row["funding_json"], Size(actual, end.tokens), now, void
+            )
         if row["idempotency_key"] is not None:
             self._settle_idempotency(call_id, row["key_id"], row["idempotency_key"], end, void)
         return split.overrun
+
+    def _settle_funding(
+        self, call_id: str, payer_id: str, account: str, held: str, actual: Size, now: float, void: bool
+    ) -> None:
+        """Draw the cost from the buckets that held it, in burn order; record who paid and why."""
+        fs = run_now(settle_funding(SQLiteTx(self.db), call_id, payer_id, account, held, actual, now, void=void))
+        self.db.execute(
+            "UPDATE calls SET paid_json = ?, explanation = ?, needs_reconciliation = needs_reconciliation OR ?"
+            " WHERE id = ?",
+            (paid_json(fs), fs.explanation, int(fs.overrun > 0), call_id),
+        )
 
     def _settle_idempotency(self, call_id: str, key_id: str, idem_key: str, end: CallEnd, void: bool) -> None:
         """A voided call frees its idempotency key; a settled one keeps its response for replays."""
@@ -486,5 +520,5 @@ class SQLiteStore:
 def _key(row: sqlite3.Row) -> KeyRecord:
     return KeyRecord(
         row["id"], row["name"], row["key_prefix"], bool(row["admin"]), row["max_spend_nano"],
-        row["created_at"], row["revoked_at"],
+        row["created_at"], row["revoked_at"], row["payer_id"],
     )  # fmt: skip
