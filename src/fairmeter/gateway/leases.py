@@ -8,6 +8,8 @@ start and every ``expiry_interval_s``:
 * never forwarded → voided (cost 0);
 * forwarded → settled at its estimate (the prompt, counted locally), ``usage_status: unknown``,
   flagged ``needs_reconciliation`` because the provider probably billed it.
+
+The same sweep posts the expiry of grants that have run out (docs/funding.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import logging
 
 from fairmeter.gateway.state import GatewayState
+from fairmeter.store.admin_sql import lapse_grants
 from fairmeter.store.protocol import LapsedCall
 from fairmeter.store.records import CallEnd
 
@@ -34,6 +37,9 @@ async def expire_lapsed(state: GatewayState) -> int:
     await asyncio.gather(*(_resolve(state, call, now) for call in lapsed))
     if lapsed:
         log.warning("resolved %d hold(s) whose lease lapsed", len(lapsed))
+    grants = await state.store.run(lambda tx: lapse_grants(tx, now))
+    if grants:
+        log.info("posted the expiry of %d grant(s)", grants)
     return len(lapsed)
 
 
