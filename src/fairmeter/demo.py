@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from fairmeter.config import parse_config
+from fairmeter.demo_funding import run_subscriber_demo
 from fairmeter.money import NANO_PER_USD, Nano, to_nano, usd_str
 from fairmeter.store import Store, open_store, run_with
 from fairmeter.tables import print_calls
+from fairmeter.verify import verify_store
 
 DEMO_CAP_NANO = 5 * NANO_PER_USD // 100  # $0.05
 UPSTREAM_KEY_ENV = "FAIRMETER_DEMO_UPSTREAM_KEY"
@@ -99,13 +101,15 @@ def run_demo(base: Path) -> int:
             print(f"\ntotal billed: ${usd_str(total)}  (key spent ${usd_str(spent)}, held ${usd_str(held)})")
             print(f"books balanced: {result['balanced']}, caps ok: {result['caps_ok']}")
             ok = result["balanced"] and result["caps_ok"] and total == spent and held == 0
+        ok = run_subscriber_demo(config, now) and ok
+        result = run_with(open_store(config.database_url, now), verify_store)
+        print(f"\nbooks balanced after both parts: {result['balanced']}, caps ok: {result['caps_ok']}")
+        ok = ok and result["balanced"] and result["caps_ok"]
     return 0 if ok else 1
 
 
 async def _books(store: Store, key_id: str) -> tuple[tuple[Nano, Nano], dict[str, Any]]:
     """The demo key's (spent, held) and the verdict of `fairmeter verify`."""
-    from fairmeter.verify import verify_store
-
     return await store.key_spend(key_id), await verify_store(store)
 
 

@@ -58,8 +58,7 @@ def refusal_message(refusal: Refusal, window: WindowState | None) -> str:
             parts.append(f"{window.label} allowance used up: {window.describe()}")
         else:
             parts.append(
-                f"{window.label} allowance has {amount_text(window.room, window.unit)} left "
-                f"({window.describe()}) and this call may cost up to {usd_text(refusal.needed)}"
+                f"{window.label} allowance has {amount_text(window.room, window.unit)} left ({window.describe()})"
             )
     else:
         parts.append(
