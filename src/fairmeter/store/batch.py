@@ -26,8 +26,9 @@ log = logging.getLogger("fairmeter.store")
 class GroupCommitter:
     """Runs store operations on the event loop thread, batched into shared transactions."""
 
-    def __init__(self, transaction: Callable[[], AbstractContextManager[object]]) -> None:
+    def __init__(self, transaction: Callable[[], AbstractContextManager[object]], batch: bool = True) -> None:
         self._transaction = transaction
+        self.batch = batch  # False: every operation commits alone at once (the naive baseline of bench/ledger.py)
         self._queue: list[Op] = []
         self._scheduled = False
         self.batches = 0
@@ -38,7 +39,9 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.append((op, fut))
-        if not self._scheduled:
+        if not self.batch:
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self.flush)
         return fut

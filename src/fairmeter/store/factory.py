@@ -21,18 +21,22 @@ POSTGRES_MODULE = "fairmeter.store.postgres"
 ACCEPTED = "sqlite:///PATH, postgresql://… or postgres://…"
 
 
-def open_store(database_url: str, now: float) -> Store:  # float-ok: seconds
-    """Open (and migrate) the database ``database_url`` names; a URL no backend accepts is a `ConfigError`."""
+def open_store(database_url: str, now: float, batch: bool = True) -> Store:  # float-ok: seconds
+    """Open (and migrate) the database ``database_url`` names; a URL no backend accepts is a `ConfigError`.
+
+    ``batch=False`` commits every hot-path operation in a transaction of its own (no group commit):
+    the naive baseline the ledger benchmark compares against.
+    """
     scheme, sep, _ = database_url.partition("://")
     if database_url.startswith("sqlite:///"):
-        return SQLiteStore(database_url, now)
+        return SQLiteStore(database_url, now, batch)
     if sep and scheme in POSTGRES_SCHEMES:
-        return _postgres(database_url, scheme, now)
+        return _postgres(database_url, scheme, now, batch)
     shown = f"{scheme}://…" if sep else repr(database_url)  # never the rest: it may hold a password
     raise ConfigError(f"unsupported database_url {shown}: expected {ACCEPTED}")
 
 
-def _postgres(database_url: str, scheme: str, now: float) -> Store:  # float-ok: seconds
+def _postgres(database_url: str, scheme: str, now: float, batch: bool) -> Store:  # float-ok: seconds
     try:
         module = importlib.import_module(POSTGRES_MODULE)
     except ModuleNotFoundError as exc:
@@ -41,7 +45,7 @@ def _postgres(database_url: str, scheme: str, now: float) -> Store:  # float-ok:
         else:  # the backend is there, its driver is not
             why = f"its PostgreSQL backend needs the Python module {exc.name!r}, which is not installed"
         raise ConfigError(f"database_url uses {scheme}://, but {why}") from None
-    store: Store = module.PostgresStore.open(database_url, now)
+    store: Store = module.PostgresStore.open(database_url, now, batch=batch)
     return store
 
 

@@ -66,7 +66,7 @@ def sqlite_path(database_url: str) -> str:
 class SQLiteStore:
     """The ledger, keys and call records in one SQLite file (implements `fairmeter.store.protocol.Store`)."""
 
-    def __init__(self, database_url: str, now: float) -> None:
+    def __init__(self, database_url: str, now: float, batch: bool = True) -> None:
         path = sqlite_path(database_url)
         self.url = database_url
         self.path = path
@@ -87,7 +87,7 @@ class SQLiteStore:
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.execute("PRAGMA foreign_keys=ON")
         apply_migrations(self.db, now)
-        self.committer = GroupCommitter(self.transaction)
+        self.committer = GroupCommitter(self.transaction, batch)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
