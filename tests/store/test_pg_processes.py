@@ -89,7 +89,9 @@ def test_four_processes_never_hold_past_the_cap(pg_url: str, tmp_path: Path) -> 
         held = {call_id: amount for r in reports for call_id, amount in r["held"]}
         refused = [tuple(x) for r in reports for x in r["refused"]]
         assert len(held) + len(refused) == PROCESSES * HOLDS_EACH
-        assert held and refused and all(r["held"] for r in reports)
+        assert held and refused
+        # the processes really contended for the one account row (a late starter may find it full)
+        assert sum(1 for r in reports if r["held"]) >= 2
         for amount, cap, spent, on_hold in refused:
             assert cap == CAP and spent == 0
             assert cap - spent - on_hold < amount  # refused only when it did not fit, by true numbers
