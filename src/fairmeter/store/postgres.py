@@ -1,0 +1,451 @@
+"""PostgreSQL backend: the ``Store`` protocol over an asyncpg pool, for gateways that share one database.
+
+Semantics are those of the SQLite backend, method for method; what differs is how they are made exact
+when several processes write at once (docs/storage.md):
+
+* Every method is one transaction, and most are one statement (data-modifying CTEs chained by
+  RETURNING), so a call costs one round trip to place its hold and one to settle it.
+* The cap check is the conditional ``UPDATE accounts … WHERE cap_nano IS NULL OR posted + pending + W <=
+  cap_nano``: the row lock serialises holds on one key across processes, and PostgreSQL re-checks the
+  condition against the newest committed row, so no interleaving passes the cap.
+* Lock order, which keeps concurrent calls of one key from deadlocking: a call row (finish only), then
+  the key's account, then that key's idempotency row and the provider's account. Every CTE that touches
+  a row after the key account takes its input from the account update's RETURNING, so PostgreSQL cannot
+  run it earlier. Holding the key account serialises everything else of that key.
+* Provider-account credits are written in the same statement as the call's hold or settlement, so the
+  books balance at every commit. That row is shared by every call of a provider, so commits touching it
+  queue on its row lock (for as long as a commit takes); see docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState, check_hold
+from fairmeter.money import Nano
+from fairmeter.store.pg_migrations import Conn, apply_migrations
+from fairmeter.store.protocol import CallPage, LapsedCall, Store
+from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse
+from fairmeter.store.sqlite import KEY_PREFIX, hash_key
+
+log = logging.getLogger("fairmeter.store")
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+# The hold: the conditional update of the key's account (the cap check), then, only if it applied,
+# the idempotency claim, the hold transfer, the call row and the provider's pending credit. ``claimed``
+# is false when the Idempotency-Key belongs to a live call (then the caller rolls the hold back).
+_HOLD = """
+WITH hold AS (
+    UPDATE accounts SET debits_pending = debits_pending + $7
+    WHERE id = $15 AND (cap_nano IS NULL OR debits_posted + debits_pending + $7 <= cap_nano)
+    RETURNING id
+),
+claim AS (
+    INSERT INTO idempotency (key_id, idem_key, call_id, state, created_at)
+    SELECT $2, $11, $1, 'pending', $14 FROM hold WHERE $11::text IS NOT NULL
+    ON CONFLICT (key_id, idem_key) DO UPDATE
+        SET call_id = EXCLUDED.call_id, state = 'pending', created_at = EXCLUDED.created_at
+        WHERE idempotency.created_at <= EXCLUDED.created_at - $17::float8
+           OR idempotency.state NOT IN ('pending', 'settled')
+    RETURNING call_id
+),
+transfer AS (
+    INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)
+    SELECT $1, 'hold', $15, $16, $7, 'pending', $14 FROM hold
+    RETURNING id
+),
+call AS (
+    INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,
+        prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at)
+    SELECT $1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, id, $12, $13, $14 FROM transfer
+),
+payee AS (
+    INSERT INTO accounts (id, credits_pending) SELECT $16, $7 FROM hold
+    ON CONFLICT (id) DO UPDATE SET credits_pending = accounts.credits_pending + EXCLUDED.credits_pending
+)
+SELECT EXISTS (SELECT FROM hold) AS held, EXISTS (SELECT FROM claim) AS claimed
+"""
+
+# Why a hold did not apply, read in one snapshot: a live Idempotency-Key (in flight or settled, with its
+# stored response) comes first, as in SQLite; else the account's numbers for the refusal.
+_BLOCKED = """
+SELECT a.id AS account, a.cap_nano, a.debits_posted, a.debits_pending, i.call_id AS other, i.state,
+       s.status AS sr_status, s.headers_json, s.body, s.stream AS sr_stream
+FROM (SELECT) AS one
+LEFT JOIN accounts a ON a.id = $1
+LEFT JOIN idempotency i ON i.key_id = $2 AND i.idem_key = $3 AND i.created_at > $4::float8 - $5::float8
+    AND i.state IN ('pending', 'settled')
+LEFT JOIN stored_responses s ON s.call_id = i.call_id AND i.state = 'settled'
+"""
+
+# Settle or void: the guarded update of the call row (a call resolves once), then the key's account,
+# then, fed by that update, the provider's account, the hold's state, the post (and overrun)
+# transfers, the idempotency state and the stored response. posted = min(hold, cost) and overrun =
+# cost - posted, as ledger.model.settlement_for: an overrun is never clamped.
+_FINISH = """
+WITH done AS (
+    UPDATE calls SET status = $2, upstream_status = $3, usage_status = $4, usage_json = $5, cost_usd = $6,
+        billed_nano = $7, estimated = $8, breakdown_json = $9, ended_at = $10, message = $11,
+        overrun_nano = GREATEST(0, $7 - reserved_nano),
+        needs_reconciliation = ($12 OR $7 > reserved_nano)::int, lease_expires_at = NULL,
+        prices_json = COALESCE($13, prices_json), price_source = COALESCE($14, price_source)
+    WHERE id = $1 AND status = 'pending'
+    RETURNING id, key_id, hold_id, reserved_nano, idempotency_key,
+        'key:' || key_id AS debit, 'provider:' || provider AS credit,
+        LEAST($7, reserved_nano) AS posted, GREATEST(0, $7 - reserved_nano) AS overrun
+),
+payer AS (
+    UPDATE accounts a SET debits_pending = a.debits_pending - d.reserved_nano, debits_posted = a.debits_posted + $7
+    FROM done d WHERE a.id = d.debit
+    RETURNING d.*
+),
+payee AS (
+    UPDATE accounts a SET credits_pending = a.credits_pending - p.reserved_nano,
+        credits_posted = a.credits_posted + $7
+    FROM payer p WHERE a.id = p.credit
+),
+resolved AS (
+    UPDATE transfers t SET state = $15 FROM payer p WHERE t.id = p.hold_id
+),
+moves AS (
+    INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts)
+    SELECT p.id, m.kind, p.debit, p.credit, m.amount, p.hold_id, 'posted', m.reason, $17
+    FROM payer p
+    CROSS JOIN LATERAL (VALUES (1, $16::text, p.posted, NULL::text), (2, 'overrun', p.overrun, 'cost above hold'))
+        AS m (n, kind, amount, reason)
+    WHERE m.n = 1 OR m.amount > 0
+    ORDER BY m.n
+),
+idem AS (
+    UPDATE idempotency i SET state = $18 FROM payer p
+    WHERE i.key_id = p.key_id AND i.idem_key = p.idempotency_key AND i.call_id = p.id
+),
+kept AS (
+    INSERT INTO stored_responses (call_id, status, headers_json, body, stream)
+    SELECT p.id, $19, $20, $21, $22 FROM payer p WHERE p.idempotency_key IS NOT NULL AND $19::int IS NOT NULL
+    ON CONFLICT (call_id) DO UPDATE SET status = EXCLUDED.status, headers_json = EXCLUDED.headers_json,
+        body = EXCLUDED.body, stream = EXCLUDED.stream
+)
+SELECT overrun FROM done
+"""
+
+_CREATE_KEY = """
+WITH k AS (
+    INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    RETURNING id
+)
+INSERT INTO accounts (id, cap_nano) SELECT 'key:' || id, $6 FROM k
+"""
+
+_REFUSAL = """
+INSERT INTO calls (id, key_id, provider, api, model, stream, status, usage_status, cost_usd, reserved_nano,
+    idempotency_key, error_code, message, started_at, ended_at, prices_json, price_source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'error', NULL, $8, $9, $10, $11, $12, $13, $14, $15)
+"""
+
+_REPLAY = """
+INSERT INTO calls (id, key_id, provider, api, model, stream, status, usage_status, cost_usd,
+    idempotency_key, replay_of, message, started_at, ended_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'ok', 'complete', '0', $7, $8, $9, $10, $11)
+"""
+
+
+def check_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` URLs (libpq style; query parameters become server settings)."""
+    if not url.startswith(URL_SCHEMES):
+        raise ValueError(f"not a PostgreSQL URL: {url!r} (expected postgresql://USER@HOST:PORT/DB)")
+    return url
+
+
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """Pool reset: this store sets no session state, so skip asyncpg's reset query (a round trip per release).
+
+    asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
+class PostgresStore:
+    """Keys, the ledger and the call records in one PostgreSQL database, shared by any number of gateways."""
+
+    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
+        self.url = url
+        self._pool = pool
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, url: str, now: float, *, pool_size: int = 10) -> PostgresStore:  # float-ok: seconds
+        """Connect a pool to ``url`` and apply pending migrations."""
+        pool = await asyncpg.create_pool(check_url(url), min_size=1, max_size=pool_size, reset=_no_session_state)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn, now)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(url, pool)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing runs in the background of a PostgreSQL store (the server checkpoints itself)."""
+
+    async def close(self) -> None:
+        """Wait for queued ``mark_forwarded`` writes, then close the pool."""
+        await asyncio.gather(*list(self._background), return_exceptions=True)  # failures: logged by _forget
+        await self._pool.close()
+
+    # ---- keys --------------------------------------------------------------------------------
+
+    async def create_key(self, name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:
+        secret = KEY_PREFIX + secrets.token_urlsafe(24)
+        key_id = "key_" + secrets.token_hex(6)
+        await self._pool.execute(_CREATE_KEY, key_id, name, hash_key(secret), secret[:7], int(admin), max_spend, now)
+        return KeyRecord(key_id, name, secret[:7], admin, max_spend, now, None), secret
+
+    async def key_by_hash(self, digest: str) -> KeyRecord | None:
+        row = await self._pool.fetchrow("SELECT * FROM keys WHERE key_hash = $1", digest)
+        return _key(row) if row else None
+
+    async def list_keys(self) -> list[KeyRecord]:
+        return [_key(r) for r in await self._pool.fetch("SELECT * FROM keys ORDER BY created_at, id")]
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        row = await self._pool.fetchrow(
+            "UPDATE keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING id", now, key_id
+        )
+        return row is not None
+
+    async def key_spend(self, key_id: str) -> tuple[Nano, Nano]:
+        row = await self._pool.fetchrow(
+            "SELECT debits_posted, debits_pending FROM accounts WHERE id = $1", f"key:{key_id}"
+        )
+        return (row[0], row[1]) if row else (0, 0)
+
+    # ---- the hot path ------------------------------------------------------------------------
+
+    async def begin_call(self, call: CallStart, idempotency_ttl_s: int) -> HoldOutcome:
+        """Idempotency check, then the hold of ``call.reserved`` under the key's cap, atomically.
+
+        Without an Idempotency-Key the hold is one statement (one round trip, its own transaction). With
+        one, the statement runs in a transaction that is rolled back if the key turns out to be live.
+        When the hold did not apply, one snapshot read says why: a live key (in flight → ``in_use``,
+        settled → ``replay``) or the cap (``refused``, with numbers that were true at that instant). If
+        neither holds any more (room was freed in between), the hold is tried again.
+        """
+        if call.key_id is None:
+            raise LookupError(f"call {call.id} has no key, so no ledger account to hold on")
+        idem = call.idempotency_key
+        account, provider = f"key:{call.key_id}", f"provider:{call.provider}"
+        args = (
+            call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.reserved,
+            call.estimate, call.prices_json, call.price_source, idem, call.lease_owner, call.lease_expires_at,
+            call.started_at, account, provider, idempotency_ttl_s,
+        )  # fmt: skip
+        while True:
+            async with self._pool.acquire() as conn:
+                if idem is None:
+                    row = await conn.fetchrow(_HOLD, *args)
+                    if row is not None and row["held"]:
+                        return HoldOutcome("held")
+                elif await _hold_claimed(conn, args):
+                    return HoldOutcome("held")
+                why = await conn.fetchrow(_BLOCKED, account, call.key_id, idem, call.started_at, idempotency_ttl_s)
+            outcome = _blocked(why, account, call.reserved)
+            if outcome is not None:
+                return outcome
+
+    def mark_forwarded(self, call_id: str) -> None:
+        """Queue the write on the running loop and return at once; ``close()`` waits for it."""
+        task = asyncio.get_running_loop().create_task(self._mark_forwarded(call_id))
+        self._background.add(task)
+        task.add_done_callback(self._forget)
+
+    async def _mark_forwarded(self, call_id: str) -> None:
+        await self._pool.execute("UPDATE calls SET forwarded = 1 WHERE id = $1", call_id)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recording a forwarded call failed", exc_info=task.exception())
+
+    async def finish_call(
+        self,
+        call_id: str,
+        end: CallEnd,
+        now: float,
+        *,
+        void: bool = False,
+        expired: bool = False,
+        needs_reconciliation: bool = False,
+    ) -> Nano:
+        """Resolve a pending hold in one statement: post ``end.billed`` and release the rest, or void it.
+
+        Returns the overrun posted (0 normally). A call that is no longer pending is left as it is: the
+        guarded update of its row matches nothing, and PostgreSQL re-checks the guard against the newest
+        row when two resolutions race, so only one applies.
+        """
+        actual = 0 if void else end.billed
+        if void:
+            state, kind = TransferState.VOIDED, TransferKind.VOID
+        elif expired:
+            state, kind = TransferState.EXPIRED, TransferKind.EXPIRE
+        else:
+            state, kind = TransferState.POSTED, TransferKind.POST
+        sr = None if void else end.stored_response
+        overrun = await self._pool.fetchval(
+            _FINISH,
+            call_id, end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
+            int(end.estimated), end.breakdown_json, end.ended_at, end.message, needs_reconciliation,
+            end.prices_json, end.price_source, state.value, kind.value, now, "voided" if void else "settled",
+            sr.status if sr else None, json.dumps(sr.headers) if sr else None, sr.body if sr else None,
+            int(sr.stream) if sr else None,
+        )  # fmt: skip
+        return int(overrun or 0)
+
+    async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
+        """A call that never got a hold; ``reserved_nano`` records the hold it asked for, no transfer exists."""
+        await self._pool.execute(
+            _REFUSAL,
+            call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), status, call.reserved,
+            call.idempotency_key, code, message, call.started_at, ended_at, call.prices_json, call.price_source,
+        )  # fmt: skip
+
+    async def record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
+        await self._pool.execute(
+            _REPLAY,
+            call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.idempotency_key,
+            original,
+            f"repeat of call {original} (same Idempotency-Key): stored response returned, nothing charged",
+            call.started_at, ended_at,
+        )  # fmt: skip
+
+    # ---- leases ------------------------------------------------------------------------------
+
+    async def renew_leases(self, owner: str, until: float) -> int:
+        """Extend the leases of this process's pending calls (one statement for all of them)."""
+        count = await self._pool.fetchval(
+            "WITH renewed AS (UPDATE calls SET lease_expires_at = $1 WHERE status = 'pending' AND lease_owner = $2"
+            " RETURNING 1) SELECT count(*) FROM renewed",
+            until,
+            owner,
+        )
+        return int(count)
+
+    async def lapsed_calls(self, now: float) -> list[LapsedCall]:
+        rows = await self._pool.fetch(
+            "SELECT id, forwarded, estimate_nano FROM calls WHERE status = 'pending' AND lease_expires_at < $1"
+            " ORDER BY lease_expires_at, id",
+            now,
+        )
+        return [LapsedCall(r["id"], bool(r["forwarded"]), r["estimate_nano"]) for r in rows]
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    async def get_call(self, call_id: str) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow("SELECT * FROM calls WHERE id = $1", call_id)
+        return dict(row) if row else None
+
+    async def list_calls(self, page: CallPage) -> list[dict[str, Any]]:
+        """Calls newest first; ``page.cursor`` is the (started_at, id) of the previous page's last row."""
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if page.key_id is not None:
+            where.append(f"key_id = {arg(page.key_id)}")
+        if page.since is not None:
+            where.append(f"started_at >= {arg(page.since)}")
+        if page.until is not None:
+            where.append(f"started_at < {arg(page.until)}")
+        if page.status is not None:
+            where.append(f"status = {arg(page.status)}")
+        if page.cursor is not None:
+            where.append(f"(started_at, id) < ({arg(page.cursor[0])}, {arg(page.cursor[1])})")
+        sql = "SELECT * FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY started_at DESC, id DESC LIMIT {arg(page.limit)}"
+        return [dict(r) for r in await self._pool.fetch(sql, *args)]
+
+    async def accounts(self) -> list[Account]:
+        rows = await self._pool.fetch(
+            "SELECT id, cap_nano, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
+            " ORDER BY id"
+        )
+        return [Account(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def transfers(self) -> list[Transfer]:
+        rows = await self._pool.fetch(
+            "SELECT id, call_id, kind, debit_account, credit_account, amount, pending_id, state"
+            " FROM transfers ORDER BY id"
+        )
+        return [Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7])) for r in rows]
+
+    async def pending_count(self) -> int:
+        """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
+        return int(await self._pool.fetchval("SELECT count(*) FROM calls WHERE status = 'pending'"))
+
+    async def reconciliation_calls(self) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1 ORDER BY id"
+        )
+        return [dict(r) for r in rows]
+
+
+async def _hold_claimed(conn: Conn, args: tuple[Any, ...]) -> bool:
+    """Run the hold with an Idempotency-Key: commit if it applied and claimed the key, else roll back."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        row = await conn.fetchrow(_HOLD, *args)
+        ok = row is not None and bool(row["held"]) and bool(row["claimed"])
+    except BaseException:
+        await tx.rollback()
+        raise
+    if ok:
+        await tx.commit()
+    else:
+        await tx.rollback()
+    return ok
+
+
+def _blocked(why: asyncpg.Record | None, account: str, amount: Nano) -> HoldOutcome | None:
+    """The outcome of a hold that did not apply, from the ``_BLOCKED`` read; None when it would fit now."""
+    assert why is not None  # the read always returns its one row
+    if why["other"] is not None:
+        if why["state"] == "pending":
+            return HoldOutcome("in_use", other_call_id=why["other"])
+        stored = None
+        if why["sr_status"] is not None:
+            headers = [(str(k), str(v)) for k, v in json.loads(why["headers_json"])]
+            stored = StoredResponse(why["sr_status"], headers, bytes(why["body"]), bool(why["sr_stream"]))
+        return HoldOutcome("replay", other_call_id=why["other"], stored=stored)
+    if why["account"] is None:
+        raise LookupError(f"no ledger account {account}")
+    refused = check_hold(why["cap_nano"], why["debits_posted"], why["debits_pending"], amount)
+    return None if refused is None else HoldOutcome("refused", refused=refused)
+
+
+def _key(row: asyncpg.Record) -> KeyRecord:
+    return KeyRecord(
+        row["id"], row["name"], row["key_prefix"], bool(row["admin"]), row["max_spend_nano"],
+        row["created_at"], row["revoked_at"],
+    )  # fmt: skip
+
+
+if TYPE_CHECKING:
+
+    def _implements_store(store: PostgresStore) -> Store:
+        """mypy checks here that PostgresStore implements the protocol."""
+        return store
