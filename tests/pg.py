@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import pytest
@@ -84,3 +84,9 @@ def new_schema_url(database_url: str) -> str:
 def pg_url(pg_database: str) -> str:
     """A URL for this test alone (its own schema in the run's database)."""
     return new_schema_url(pg_database)
+
+
+@pytest.fixture
+def new_pg_url(pg_database: str) -> Callable[[], str]:
+    """Makes a fresh schema (and its URL) per call: for tests that need many empty databases."""
+    return lambda: new_schema_url(pg_database)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +13,8 @@ import pytest
 from fairmeter.ledger.explain import refusal_message, state_of
 from fairmeter.ledger.funding import BucketKind, Size
 from fairmeter.ledger.verify import verify_books
-from fairmeter.store import admin_sql, funding_sql
-from fairmeter.store.sql import Tx, run_now
-from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.store import admin_sql, funding_sql, open_store
+from fairmeter.store.sql import Tx
 
 T = TypeVar("T")
 USD = 1_000_000_000
@@ -31,21 +30,28 @@ PRO = {
 
 
 class Books:
-    """A migrated SQLite file and one pro payer with a key; every step is its own transaction."""
+    """A migrated database (SQLite or PostgreSQL) and one pro payer with a key; every step is its own transaction."""
 
-    def __init__(self, path: Path) -> None:
-        self.store = SQLiteStore(f"sqlite:///{path}", NOW)
-        self.db: sqlite3.Connection = self.store.db
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.store = open_store(url, NOW)
         self.run(lambda tx: admin_sql.create_org(tx, "acme", "test", NOW))
         self.run(lambda tx: admin_sql.put_plan(tx, dict(PRO), "test", NOW))
         self.payer = self.run(lambda tx: admin_sql.create_payer(tx, "acme", None, "pro", {}, "test", NOW))["id"]
-        key, _ = run_now(self.store.create_key("k", None, False, NOW))
+        key, _ = self.wait(self.store.create_key("k", None, False, NOW))
         self.key = key.id
         self.run(lambda tx: admin_sql.assign_key(tx, self.key, "acme", None, "svc", "test", NOW))
         self.n = 0
 
     def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
-        return run_now(self.store.run(op))
+        return self.wait(self.store.run(op))
+
+    def wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.wait(self.store.close())
+        self.loop.close()
 
     def call(
         self, held: int, cost: int, now: float = NOW, tokens: int = 0
@@ -66,12 +72,13 @@ class Books:
                 tx, cid, self.payer, f"key:{self.key}", text, Size(cost), now, void=False
             )
         )
-        with self.store.transaction():  # the part of the call record a refund reads
-            self.db.execute(
+        self.run(  # the part of the call record a refund reads
+            lambda tx: tx.execute(
                 "INSERT INTO calls (id, key_id, provider, api, status, started_at, payer_id, paid_json)"
-                " VALUES (?, ?, 'openai', 'chat', 'ok', ?, ?, ?)",
-                (cid, self.key, now, self.payer, funding_sql.paid_json(settled)),
+                " VALUES ($1, $2, 'openai', 'chat', 'ok', $3, $4, $5)",
+                cid, self.key, now, self.payer, funding_sql.paid_json(settled),
             )
+        )  # fmt: skip
         return settled, ""
 
     def set(self, **changes: Any) -> None:
@@ -81,18 +88,22 @@ class Books:
         return self.run(lambda tx: admin_sql.limits(tx, self.payer, now))
 
     def check(self) -> None:
-        balanced, _, problems = verify_books(run_now(self.store.accounts()), run_now(self.store.transfers()))
+        balanced, _, problems = verify_books(self.wait(self.store.accounts()), self.wait(self.store.transfers()))
         assert balanced, problems
-        for acct in run_now(self.store.accounts()):
+        for acct in self.wait(self.store.accounts()):
             if acct.id.startswith(("grant:", "credits:")):
                 assert acct.credits_posted - acct.debits_posted - acct.debits_pending >= 0, acct
 
 
-@pytest.fixture
-def books(tmp_path: Path) -> Iterator[Books]:
-    b = Books(tmp_path / "f.db")
+pytest_plugins = ("tests.pg",)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def books(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Books]:
+    url = f"sqlite:///{tmp_path / 'f.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    b = Books(url)
     yield b
-    run_now(b.store.close())
+    b.close()
 
 
 def paid(s: funding_sql.FundingSettled | None) -> list[tuple[str, int]]:
@@ -156,7 +167,7 @@ def test_an_expired_grant_is_never_spent_and_its_expiry_is_posted(books: Books) 
     s, why = books.call(USD // 2, USD // 2, now=NOW + 61)
     assert s is None and "credits and grants have $0.00 left" in why
     assert books.run(lambda tx: admin_sql.lapse_grants(tx, NOW + 61)) == 1
-    lapse = [t for t in run_now(books.store.transfers()) if t.kind == "lapse"]
+    lapse = [t for t in books.wait(books.store.transfers()) if t.kind == "lapse"]
     assert [(t.debit_account, t.credit_account, t.amount) for t in lapse] == [
         (f"grant:{g['id']}", "expired:grants", USD)
     ]

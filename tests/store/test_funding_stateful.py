@@ -9,24 +9,26 @@ rooms the API reports); and each settlement's explanation names exactly what was
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
 
 from fairmeter.ledger.funding import Size
 from fairmeter.ledger.verify import verify_books
 from fairmeter.money import parse_usd, to_nano, usd_text
-from fairmeter.store import admin_sql, funding_sql
-from fairmeter.store.sql import run_now
-from fairmeter.store.sqlite import SQLiteStore
+from fairmeter.store import admin_sql, funding_sql, open_store
 
+pytest_plugins = ("tests.pg",)
 USD = 1_000_000_000
 START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
 PLAN = {
@@ -51,13 +53,14 @@ def nano(text: str) -> int:
 
 
 class FundingMachine(RuleBasedStateMachine):
+    make_url: Callable[[], str]  # a URL of a fresh, empty database for each example
     calls = Bundle("calls")
     settled = Bundle("settled")
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = tempfile.TemporaryDirectory()
-        self.store = SQLiteStore(f"sqlite:///{Path(self.dir.name) / 'm.db'}", START)
+        self.loop = asyncio.new_event_loop()
+        self.store = open_store(self.make_url(), START)
         self.now = START
         self.n = 0
         self.run(lambda tx: admin_sql.create_org(tx, "o", "m", self.now))
@@ -66,11 +69,17 @@ class FundingMachine(RuleBasedStateMachine):
         self.key = "key:k"
 
     def teardown(self) -> None:
-        run_now(self.store.close())
-        self.dir.cleanup()
+        self.wait(self.store.close())
+        self.loop.close()
 
     def run(self, op: Any) -> Any:
-        return run_now(self.store.run(op))
+        return self.wait(self.store.run(op))
+
+    def wait(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def rows(self, sql: str, *args: object) -> list[Any]:
+        return list(self.run(lambda tx: tx.fetch(sql, *args)))
 
     # ---- money in and switches -----------------------------------------------------------------
 
@@ -121,11 +130,11 @@ class FundingMachine(RuleBasedStateMachine):
             lambda tx: funding_sql.settle_funding(tx, cid, self.payer, self.key, text, Size(cost), self.now, void=void)
         )
         posted: dict[str, int] = {}
-        for t in run_now(self.store.transfers()):
+        for t in self.wait(self.store.transfers()):
             if t.call_id == cid and t.kind in ("post", "overrun"):
                 posted[t.debit_account] = posted.get(t.debit_account, 0) + t.amount
         held = funding_sql.held_from_json(text).allocation
-        expired = {r[0] for r in self.store.db.execute("SELECT id FROM grants WHERE expires_at <= ?", (self.now,))}
+        expired = {r["id"] for r in self.rows("SELECT id FROM grants WHERE expires_at <= $1", self.now)}
         fill, rest = [], 0 if void else cost  # the draw must fill the held portions front to back
         for p in held.portions:
             take = 0 if p.source in expired else min(rest, p.amount)
@@ -144,12 +153,13 @@ class FundingMachine(RuleBasedStateMachine):
         assert said == sorted(p.amount for p in s.paid.portions), s.explanation
         if void or cost == 0:
             assert s.explanation == "Nothing was charged."
-        with self.store.transaction():
-            self.store.db.execute(
+        self.run(
+            lambda tx: tx.execute(
                 "INSERT INTO calls (id, key_id, provider, api, status, started_at, payer_id, paid_json)"
-                " VALUES (?, 'k', 'openai', 'chat', 'ok', ?, ?, ?)",
-                (cid, self.now, self.payer, funding_sql.paid_json(s)),
+                " VALUES ($1, 'k', 'openai', 'chat', 'ok', $2, $3, $4)",
+                cid, self.now, self.payer, funding_sql.paid_json(s),
             )
+        )  # fmt: skip
         return s
 
     @rule(target=settled, call=consumes(calls), share=st.fractions(0, 1))
@@ -173,10 +183,10 @@ class FundingMachine(RuleBasedStateMachine):
     def refund(self, call: Any, share: Any) -> None:
         if call is None:
             return
-        row = self.store.db.execute("SELECT paid_json FROM calls WHERE id = ?", (call,)).fetchone()
-        charged = sum(a for _, _, a in json.loads(row[0])["portions"])
+        (row,) = self.rows("SELECT paid_json FROM calls WHERE id = $1", call)
+        charged = sum(a for _, _, a in json.loads(row["paid_json"])["portions"])
         done = sum(
-            t.amount for t in run_now(self.store.transfers()) if t.call_id == call and t.kind in ("refund", "regrant")
+            t.amount for t in self.wait(self.store.transfers()) if t.call_id == call and t.kind in ("refund", "regrant")
         )
         amount = int((charged - done) * share)
         if amount <= 0:
@@ -187,18 +197,17 @@ class FundingMachine(RuleBasedStateMachine):
 
     @invariant()
     def books_balance_and_nothing_is_negative_or_over(self) -> None:
-        balanced, _, problems = verify_books(run_now(self.store.accounts()), run_now(self.store.transfers()))
+        balanced, _, problems = verify_books(self.wait(self.store.accounts()), self.wait(self.store.transfers()))
         assert balanced, problems
-        for a in run_now(self.store.accounts()):
+        for a in self.wait(self.store.accounts()):
             if a.id.startswith(("grant:", "credits:")):
                 assert a.credits_posted - a.debits_posted - a.debits_pending >= 0, a
-        db = self.store.db
         limits = {w["name"]: nano(w["limit_usd"]) for w in PLAN["windows"]}  # type: ignore[index]
-        for name, used, held in db.execute("SELECT window_name, used, held FROM window_usage"):
-            assert held >= 0 and used >= 0 and used + held <= limits[name], (name, used, held)
+        for r in self.rows("SELECT window_name, used, held FROM window_usage"):
+            assert r["held"] >= 0 and r["used"] >= 0 and r["used"] + r["held"] <= limits[r["window_name"]], r
         caps = {"spill": nano("6"), "overage": nano("2")}
-        for what, used, held in db.execute("SELECT what, used, held FROM period_usage"):
-            assert held >= 0 and used + held <= caps[what], (what, used, held)
+        for r in self.rows("SELECT what, used, held FROM period_usage"):
+            assert r["held"] >= 0 and r["used"] + r["held"] <= caps[r["what"]], r
 
 
 def greedy(limits: dict[str, Any], amount: int) -> list[tuple[str, str, int]] | None:
@@ -231,8 +240,20 @@ def greedy(limits: dict[str, Any], amount: int) -> list[tuple[str, str, int]] | 
     return out if rest == 0 else None
 
 
-FundingMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
-TestFunding = FundingMachine.TestCase
+def _sqlite_url() -> str:
+    return f"sqlite:///{Path(tempfile.mkdtemp(prefix='fm-machine-')) / 'm.db'}"
+
+
+def test_the_funding_machine_on_sqlite() -> None:
+    FundingMachine.make_url = staticmethod(_sqlite_url)  # type: ignore[method-assign]
+    run_state_machine_as_test(FundingMachine, settings=settings(max_examples=80, stateful_step_count=50, deadline=None))
+
+
+@pytest.mark.postgres
+def test_the_funding_machine_on_postgres(new_pg_url: Callable[[], str]) -> None:
+    """Each example on a fresh schema of the run's database."""
+    FundingMachine.make_url = staticmethod(new_pg_url)  # type: ignore[method-assign]
+    run_state_machine_as_test(FundingMachine, settings=settings(max_examples=25, stateful_step_count=40, deadline=None))
 
 
 def test_usd_text_is_what_the_machine_parses() -> None:

@@ -57,7 +57,7 @@ def test_a_postgres_url_without_its_driver_names_the_driver(monkeypatch: pytest.
 def test_a_postgres_url_is_handed_to_the_postgres_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[tuple[str, float]] = []
     backend = ModuleType("fairmeter.store.postgres")
-    backend.PostgresStore = SimpleNamespace(open=lambda url, now, batch=True: opened.append((url, now)) or "the store")  # type: ignore[attr-defined]
+    backend.PostgresStore = SimpleNamespace(lazy=lambda url, now, batch=True: opened.append((url, now)) or "the store")  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fairmeter.store.postgres", backend)
     assert open_store("postgres://127.0.0.1/fm", 12.5) == "the store"
     assert opened == [("postgres://127.0.0.1/fm", 12.5)]

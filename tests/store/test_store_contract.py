@@ -18,24 +18,31 @@ from fairmeter.ledger.model import HoldRefused, Transfer, TransferKind, Transfer
 from fairmeter.ledger.verify import verify_books
 from fairmeter.store.postgres import PostgresStore
 from fairmeter.store.protocol import CallPage, LapsedCall, Store
-from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse, call_json
-from fairmeter.store.sqlite import hash_key
+from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse, call_json, hash_key
+from fairmeter.store.sqlite import SQLiteStore
 
 pytest_plugins = ("tests.pg",)
 
-BACKENDS = ["postgres"]
-OPENERS: dict[str, Callable[[str, float], Awaitable[Store]]] = {"postgres": PostgresStore.open}
+BACKENDS = ["sqlite", "postgres"]
+
+
+async def _sqlite(url: str, now: float) -> Store:
+    return SQLiteStore(url, now)
+
+
+OPENERS: dict[str, Callable[[str, float], Awaitable[Store]]] = {"sqlite": _sqlite, "postgres": PostgresStore.open}
 MARKS = {"postgres": pytest.mark.postgres}
 
 TTL = 86_400
 T = TypeVar("T")
 
-# The columns of migration m001's `calls` table, in order: get_call and list_calls return these keys.
+# The columns of the `calls` table (migrations m001 and m002), in order: get_call and list_calls return these keys.
 CALL_COLUMNS = [
     "id", "key_id", "provider", "api", "model", "stream", "status", "upstream_status", "usage_status",
     "usage_json", "cost_usd", "billed_nano", "reserved_nano", "estimate_nano", "estimated", "breakdown_json",
     "prices_json", "price_source", "idempotency_key", "replay_of", "needs_reconciliation", "overrun_nano",
     "hold_id", "forwarded", "lease_owner", "lease_expires_at", "error_code", "message", "started_at", "ended_at",
+    "payer_id", "funding_json", "paid_json", "explanation",  # migration m002
 ]  # fmt: skip
 
 
@@ -45,6 +52,9 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     name: str = request.param
     if name == "postgres":
         return name, request.getfixturevalue("pg_url")
+    if name == "sqlite":
+        tmp = request.getfixturevalue("tmp_path")
+        return name, f"sqlite:///{tmp / 'contract.db'}"
     raise AssertionError(f"no URL maker for backend {name!r}")
 
 
@@ -210,6 +220,7 @@ def test_a_held_call_is_recorded_pending_with_its_hold(backend: tuple[str, str])
             "idempotency_key": "abc", "replay_of": None, "needs_reconciliation": 0, "overrun_nano": 0,
             "forwarded": 0, "lease_owner": "gw-1", "lease_expires_at": 140.25, "error_code": None, "message": None,
             "started_at": 100.5, "ended_at": None,
+            "payer_id": None, "funding_json": None, "paid_json": None, "explanation": None,
         }  # fmt: skip
         assert {k: v for k, v in row.items() if k != "hold_id"} == expected
         (hold,) = await transfers_of(store, call.id)

@@ -45,7 +45,7 @@ def _postgres(database_url: str, scheme: str, now: float, batch: bool) -> Store:
         else:  # the backend is there, its driver is not
             why = f"its PostgreSQL backend needs the Python module {exc.name!r}, which is not installed"
         raise ConfigError(f"database_url uses {scheme}://, but {why}") from None
-    store: Store = module.PostgresStore.open(database_url, now, batch=batch)
+    store: Store = module.PostgresStore.lazy(database_url, now, batch=batch)
     return store
 
 

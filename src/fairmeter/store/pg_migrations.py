@@ -12,13 +12,13 @@ the others, once the lock is theirs, find them recorded in ``migrations`` and ap
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
-# A connection of its own or one lent by a pool.
-Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+from fairmeter.store.funding_sql import M002_FUNDING, seed_defaults
+from fairmeter.store.pg_tx import Conn, PgTx
+from fairmeter.store.sql import Tx
 
 # pg_advisory_xact_lock(int, int): this constant names "fairmeter migrations"; the second key is the
 # schema, so databases (or test schemas) that do not share tables do not wait for each other.
@@ -113,7 +113,8 @@ CREATE TABLE stored_responses (
 );
 """
 
-MIGRATIONS: list[tuple[str, str]] = [("m001_core", M001_CORE)]
+MIGRATIONS: list[tuple[str, str]] = [("m001_core", M001_CORE), ("m002_funding", M002_FUNDING)]
+SEEDS: dict[str, Callable[[Tx, float], Awaitable[None]]] = {"m002_funding": seed_defaults}  # float-ok: seconds
 
 
 async def apply_migrations(conn: Conn, now: float) -> list[str]:  # float-ok: seconds
@@ -129,6 +130,8 @@ async def apply_migrations(conn: Conn, now: float) -> list[str]:  # float-ok: se
             if name in done:
                 continue
             await conn.execute(script)
+            if name in SEEDS:
+                await SEEDS[name](PgTx(conn), now)
             await conn.execute("INSERT INTO migrations (name, applied_at) VALUES ($1, $2)", name, now)
             applied.append(name)
     return applied

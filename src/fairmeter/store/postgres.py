@@ -22,17 +22,36 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
+from fairmeter.ledger.funding import Size
 from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState, check_hold
 from fairmeter.money import Nano
-from fairmeter.store.pg_migrations import Conn, apply_migrations
+from fairmeter.store.funding_sql import hold_funding, paid_json, settle_funding
+from fairmeter.store.pg_migrations import apply_migrations
+from fairmeter.store.pg_tx import Conn, PgTx
 from fairmeter.store.protocol import CallPage, LapsedCall, Store
-from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse
-from fairmeter.store.sqlite import KEY_PREFIX, hash_key
+from fairmeter.store.records import (
+    DEFAULT_ORG,
+    CallEnd,
+    CallStart,
+    HoldOutcome,
+    KeyRecord,
+    StoredResponse,
+    hash_key,
+    new_key,
+)
+from fairmeter.store.sql import Tx
+
+T = TypeVar("T")
+
+
+class _Rollback(Exception):
+    """Raised inside a transaction to undo it: the hold did not apply (see ``begin_call``)."""
+
 
 log = logging.getLogger("fairmeter.store")
 
@@ -63,8 +82,9 @@ transfer AS (
 ),
 call AS (
     INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,
-        prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at)
-    SELECT $1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, id, $12, $13, $14 FROM transfer
+        prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at,
+        payer_id, funding_json)
+    SELECT $1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, id, $12, $13, $14, $18, $19 FROM transfer
 ),
 payee AS (
     INSERT INTO accounts (id, credits_pending) SELECT $16, $7 FROM hold
@@ -97,7 +117,7 @@ WITH done AS (
         needs_reconciliation = ($12 OR $7 > reserved_nano)::int, lease_expires_at = NULL,
         prices_json = COALESCE($13, prices_json), price_source = COALESCE($14, price_source)
     WHERE id = $1 AND status = 'pending'
-    RETURNING id, key_id, hold_id, reserved_nano, idempotency_key,
+    RETURNING id, key_id, hold_id, reserved_nano, idempotency_key, payer_id, funding_json,
         'key:' || key_id AS debit, 'provider:' || provider AS credit,
         LEAST($7, reserved_nano) AS posted, GREATEST(0, $7 - reserved_nano) AS overrun
 ),
@@ -133,13 +153,15 @@ kept AS (
     ON CONFLICT (call_id) DO UPDATE SET status = EXCLUDED.status, headers_json = EXCLUDED.headers_json,
         body = EXCLUDED.body, stream = EXCLUDED.stream
 )
-SELECT overrun FROM done
+SELECT overrun, payer_id, funding_json, debit FROM done
 """
+
+_LOCK_PAYER_OF_CALL = "SELECT 1 FROM payers WHERE id = (SELECT payer_id FROM calls WHERE id = $1) FOR UPDATE"
 
 _CREATE_KEY = """
 WITH k AS (
-    INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    INSERT INTO keys (id, name, key_hash, key_prefix, admin, max_spend_nano, created_at, org_id, service, payer_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $2, $9)
     RETURNING id
 )
 INSERT INTO accounts (id, cap_nano) SELECT 'key:' || id, $6 FROM k
@@ -173,58 +195,95 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
 
 
 class PostgresStore:
-    """Keys, the ledger and the call records in one PostgreSQL database, shared by any number of gateways."""
+    """Keys, the ledger and the call records in one PostgreSQL database, shared by any number of gateways.
 
-    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
-        self.url = url
-        self._pool = pool
+    The connection pool belongs to an event loop, so it is made on first use, in the loop that uses
+    the store (``lazy``), or at once by ``open``. Migrations are applied when the pool is made.
+    """
+
+    def __init__(self, url: str, now: float, *, pool_size: int = 10, batch: bool = True) -> None:  # float-ok
+        self.url = check_url(url)
+        self._now = now
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening: asyncio.Lock | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.batch = batch
 
     @classmethod
-    async def open(cls, url: str, now: float, *, pool_size: int = 10) -> PostgresStore:  # float-ok: seconds
-        """Connect a pool to ``url`` and apply pending migrations."""
-        pool = await asyncpg.create_pool(check_url(url), min_size=1, max_size=pool_size, reset=_no_session_state)
-        try:
-            async with pool.acquire() as conn:
-                await apply_migrations(conn, now)
-        except BaseException:
-            await pool.close()
-            raise
-        return cls(url, pool)
+    def lazy(cls, url: str, now: float, *, batch: bool = True) -> PostgresStore:  # float-ok: seconds
+        """A store that connects (and migrates) on its first use (``open_store``)."""
+        return cls(url, now, batch=batch)
+
+    @classmethod
+    async def open(cls, url: str, now: float, *, pool_size: int = 10, batch: bool = True) -> PostgresStore:  # float-ok
+        """Connect a pool to ``url`` and apply pending migrations now."""
+        store = cls(url, now, pool_size=pool_size, batch=batch)
+        await store.pool()
+        return store
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(
+                    self.url, min_size=1, max_size=self._pool_size, reset=_no_session_state
+                )
+                try:
+                    async with pool.acquire() as conn:
+                        await apply_migrations(conn, self._now)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+        return self._pool
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Nothing runs in the background of a PostgreSQL store (the server checkpoints itself)."""
+        """Connect and migrate now, so a serving gateway fails at start, not on its first call."""
+        await self.pool()
 
     async def close(self) -> None:
         """Wait for queued ``mark_forwarded`` writes, then close the pool."""
         await asyncio.gather(*list(self._background), return_exceptions=True)  # failures: logged by _forget
-        await self._pool.close()
+        if self._pool is not None:
+            await (await self.pool()).close()
+            self._pool = None
+
+    async def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        """``op`` in one transaction of its own."""
+        async with (await self.pool()).acquire() as conn, conn.transaction():
+            return await op(PgTx(conn))
 
     # ---- keys --------------------------------------------------------------------------------
 
     async def create_key(self, name: str, max_spend: Nano | None, admin: bool, now: float) -> tuple[KeyRecord, str]:
-        secret = KEY_PREFIX + secrets.token_urlsafe(24)
-        key_id = "key_" + secrets.token_hex(6)
-        await self._pool.execute(_CREATE_KEY, key_id, name, hash_key(secret), secret[:7], int(admin), max_spend, now)
-        return KeyRecord(key_id, name, secret[:7], admin, max_spend, now, None), secret
+        key, secret = new_key(name, max_spend, admin, now)
+        await (await self.pool()).execute(
+            _CREATE_KEY, key.id, name, hash_key(secret), key.prefix, int(admin), max_spend, now, DEFAULT_ORG,
+            key.payer_id,
+        )  # fmt: skip
+        return key, secret
 
     async def key_by_hash(self, digest: str) -> KeyRecord | None:
-        row = await self._pool.fetchrow("SELECT * FROM keys WHERE key_hash = $1", digest)
+        row = await (await self.pool()).fetchrow("SELECT * FROM keys WHERE key_hash = $1", digest)
         return _key(row) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
-        return [_key(r) for r in await self._pool.fetch("SELECT * FROM keys ORDER BY created_at, id")]
+        return [_key(r) for r in await (await self.pool()).fetch("SELECT * FROM keys ORDER BY created_at, id")]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
-        row = await self._pool.fetchrow(
+        row = await (await self.pool()).fetchrow(
             "UPDATE keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING id", now, key_id
         )
         return row is not None
 
     async def key_spend(self, key_id: str) -> tuple[Nano, Nano]:
-        row = await self._pool.fetchrow(
+        row = await (await self.pool()).fetchrow(
             "SELECT debits_posted, debits_pending FROM accounts WHERE id = $1", f"key:{key_id}"
         )
         return (row[0], row[1]) if row else (0, 0)
@@ -250,17 +309,17 @@ class PostgresStore:
             call.started_at, account, provider, idempotency_ttl_s,
         )  # fmt: skip
         while True:
-            async with self._pool.acquire() as conn:
-                if idem is None:
-                    row = await conn.fetchrow(_HOLD, *args)
-                    if row is not None and row["held"]:
-                        return HoldOutcome("held")
-                elif await _hold_claimed(conn, args):
-                    return HoldOutcome("held")
+            async with (await self.pool()).acquire() as conn:
+                outcome = await _hold(conn, call, args, account)
+                if outcome is not None and outcome.kind == "held":
+                    return outcome
                 why = await conn.fetchrow(_BLOCKED, account, call.key_id, idem, call.started_at, idempotency_ttl_s)
-            outcome = _blocked(why, account, call.reserved)
-            if outcome is not None:
+            assert why is not None
+            if outcome is not None and why["other"] is None:  # the payer's buckets refused it (no live key)
                 return outcome
+            blocked = _blocked(why, account, call.reserved)
+            if blocked is not None:
+                return blocked
 
     def mark_forwarded(self, call_id: str) -> None:
         """Queue the write on the running loop and return at once; ``close()`` waits for it."""
@@ -269,7 +328,7 @@ class PostgresStore:
         task.add_done_callback(self._forget)
 
     async def _mark_forwarded(self, call_id: str) -> None:
-        await self._pool.execute("UPDATE calls SET forwarded = 1 WHERE id = $1", call_id)
+        await (await self.pool()).execute("UPDATE calls SET forwarded = 1 WHERE id = $1", call_id)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
@@ -300,26 +359,41 @@ class PostgresStore:
         else:
             state, kind = TransferState.POSTED, TransferKind.POST
         sr = None if void else end.stored_response
-        overrun = await self._pool.fetchval(
+        async with (await self.pool()).acquire() as conn, conn.transaction():
+            # The payer's row first: every hold and settlement of a payer takes it first (no deadlocks).
+            await conn.execute(_LOCK_PAYER_OF_CALL, call_id)
+            row = await conn.fetchrow(
             _FINISH,
             call_id, end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
             int(end.estimated), end.breakdown_json, end.ended_at, end.message, needs_reconciliation,
             end.prices_json, end.price_source, state.value, kind.value, now, "voided" if void else "settled",
             sr.status if sr else None, json.dumps(sr.headers) if sr else None, sr.body if sr else None,
             int(sr.stream) if sr else None,
-        )  # fmt: skip
-        return int(overrun or 0)
+            )  # fmt: skip
+            if row is None:
+                return 0
+            if row["funding_json"] is not None:
+                actual_size = Size(actual, end.tokens)
+                fs = await settle_funding(
+                    PgTx(conn), call_id, row["payer_id"], row["debit"], row["funding_json"], actual_size, now, void=void
+                )
+                await conn.execute(
+                    "UPDATE calls SET paid_json = $1, explanation = $2,"
+                    " needs_reconciliation = GREATEST(needs_reconciliation, $3) WHERE id = $4",
+                    paid_json(fs), fs.explanation, int(fs.overrun > 0), call_id,
+                )  # fmt: skip
+            return int(row["overrun"] or 0)
 
     async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
         """A call that never got a hold; ``reserved_nano`` records the hold it asked for, no transfer exists."""
-        await self._pool.execute(
+        await (await self.pool()).execute(
             _REFUSAL,
             call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), status, call.reserved,
             call.idempotency_key, code, message, call.started_at, ended_at, call.prices_json, call.price_source,
         )  # fmt: skip
 
     async def record_replay(self, call: CallStart, original: str, ended_at: float) -> None:
-        await self._pool.execute(
+        await (await self.pool()).execute(
             _REPLAY,
             call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.idempotency_key,
             original,
@@ -331,7 +405,7 @@ class PostgresStore:
 
     async def renew_leases(self, owner: str, until: float) -> int:
         """Extend the leases of this process's pending calls (one statement for all of them)."""
-        count = await self._pool.fetchval(
+        count = await (await self.pool()).fetchval(
             "WITH renewed AS (UPDATE calls SET lease_expires_at = $1 WHERE status = 'pending' AND lease_owner = $2"
             " RETURNING 1) SELECT count(*) FROM renewed",
             until,
@@ -340,7 +414,7 @@ class PostgresStore:
         return int(count)
 
     async def lapsed_calls(self, now: float) -> list[LapsedCall]:
-        rows = await self._pool.fetch(
+        rows = await (await self.pool()).fetch(
             "SELECT id, forwarded, estimate_nano FROM calls WHERE status = 'pending' AND lease_expires_at < $1"
             " ORDER BY lease_expires_at, id",
             now,
@@ -350,7 +424,7 @@ class PostgresStore:
     # ---- reads -------------------------------------------------------------------------------
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
-        row = await self._pool.fetchrow("SELECT * FROM calls WHERE id = $1", call_id)
+        row = await (await self.pool()).fetchrow("SELECT * FROM calls WHERE id = $1", call_id)
         return dict(row) if row else None
 
     async def list_calls(self, page: CallPage) -> list[dict[str, Any]]:
@@ -376,17 +450,17 @@ class PostgresStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY started_at DESC, id DESC LIMIT {arg(page.limit)}"
-        return [dict(r) for r in await self._pool.fetch(sql, *args)]
+        return [dict(r) for r in await (await self.pool()).fetch(sql, *args)]
 
     async def accounts(self) -> list[Account]:
-        rows = await self._pool.fetch(
+        rows = await (await self.pool()).fetch(
             "SELECT id, cap_nano, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
             " ORDER BY id"
         )
         return [Account(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def transfers(self) -> list[Transfer]:
-        rows = await self._pool.fetch(
+        rows = await (await self.pool()).fetch(
             "SELECT id, call_id, kind, debit_account, credit_account, amount, pending_id, state"
             " FROM transfers ORDER BY id"
         )
@@ -394,30 +468,35 @@ class PostgresStore:
 
     async def pending_count(self) -> int:
         """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
-        return int(await self._pool.fetchval("SELECT count(*) FROM calls WHERE status = 'pending'"))
+        return int(await (await self.pool()).fetchval("SELECT count(*) FROM calls WHERE status = 'pending'"))
 
     async def reconciliation_calls(self) -> list[dict[str, Any]]:
-        rows = await self._pool.fetch(
+        rows = await (await self.pool()).fetch(
             "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1 ORDER BY id"
         )
         return [dict(r) for r in rows]
 
 
-async def _hold_claimed(conn: Conn, args: tuple[Any, ...]) -> bool:
-    """Run the hold with an Idempotency-Key: commit if it applied and claimed the key, else roll back."""
-    tx = conn.transaction()
-    await tx.start()
+async def _hold(conn: Conn, call: CallStart, args: tuple[Any, ...], account: str) -> HoldOutcome | None:
+    """One transaction: the payer's buckets (its row locked first), then the key's cap, the idempotency
+    claim and the call row. Rolled back, returning None, when the cap or a live Idempotency-Key stopped it,
+    or returning ``unfunded`` when the payer's buckets did."""
     try:
-        row = await conn.fetchrow(_HOLD, *args)
-        ok = row is not None and bool(row["held"]) and bool(row["claimed"])
-    except BaseException:
-        await tx.rollback()
-        raise
-    if ok:
-        await tx.commit()
-    else:
-        await tx.rollback()
-    return ok
+        async with conn.transaction():
+            funding_json = None
+            if call.payer_id is not None:
+                size = Size(call.reserved, call.tokens)
+                fh = await hold_funding(PgTx(conn), call.id, call.payer_id, account, size, call.started_at)
+                if fh.refusal is not None:
+                    raise _Rollback(HoldOutcome("unfunded", unfunded=fh.message, fundable=fh.refusal.fundable))
+                funding_json = fh.json
+            row = await conn.fetchrow(_HOLD, *args, call.payer_id, funding_json)
+            if row is None or not row["held"] or (call.idempotency_key is not None and not row["claimed"]):
+                raise _Rollback(None)
+            return HoldOutcome("held")
+    except _Rollback as undone:
+        result: HoldOutcome | None = undone.args[0]
+        return result
 
 
 def _blocked(why: asyncpg.Record | None, account: str, amount: Nano) -> HoldOutcome | None:
@@ -440,7 +519,7 @@ def _blocked(why: asyncpg.Record | None, account: str, amount: Nano) -> HoldOutc
 def _key(row: asyncpg.Record) -> KeyRecord:
     return KeyRecord(
         row["id"], row["name"], row["key_prefix"], bool(row["admin"]), row["max_spend_nano"],
-        row["created_at"], row["revoked_at"],
+        row["created_at"], row["revoked_at"], row["payer_id"],
     )  # fmt: skip
 
 
