@@ -13,8 +13,9 @@ when several processes write at once (docs/storage.md):
   a row after the key account takes its input from the account update's RETURNING, so PostgreSQL cannot
   run it earlier. Holding the key account serialises everything else of that key.
 * Provider-account credits are written in the same statement as the call's hold or settlement, so the
-  books balance at every commit. That row is shared by every call of a provider, so commits touching it
-  queue on its row lock (for as long as a commit takes); see docs/storage.md.
+  books balance at every commit. Every call of a provider credits it, so its balance is kept in 16 rows
+  (``provider:P/0`` … ``/15``, chosen by a hash of the call id) that ``accounts()`` and ``transfers()``
+  read back as the one account ``provider:P``: commits of different calls rarely queue on one row lock.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ claim AS (
 ),
 transfer AS (
     INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)
-    SELECT $1, 'hold', $15, $16, $7, 'pending', $14 FROM hold
+    SELECT $1, 'hold', $15, $16 || '/' || (hashtext($1) & 15), $7, 'pending', $14 FROM hold
     RETURNING id
 ),
 call AS (
@@ -87,7 +88,7 @@ call AS (
     SELECT $1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, id, $12, $13, $14, $18, $19 FROM transfer
 ),
 payee AS (
-    INSERT INTO accounts (id, credits_pending) SELECT $16, $7 FROM hold
+    INSERT INTO accounts (id, credits_pending) SELECT $16 || '/' || (hashtext($1) & 15), $7 FROM hold
     ON CONFLICT (id) DO UPDATE SET credits_pending = accounts.credits_pending + EXCLUDED.credits_pending
 )
 SELECT EXISTS (SELECT FROM hold) AS held, EXISTS (SELECT FROM claim) AS claimed
@@ -118,7 +119,7 @@ WITH done AS (
         prices_json = COALESCE($13, prices_json), price_source = COALESCE($14, price_source)
     WHERE id = $1 AND status = 'pending'
     RETURNING id, key_id, hold_id, reserved_nano, idempotency_key, payer_id, funding_json,
-        'key:' || key_id AS debit, 'provider:' || provider AS credit,
+        'key:' || key_id AS debit, 'provider:' || provider || '/' || (hashtext(id) & 15) AS credit,
         LEAST($7, reserved_nano) AS posted, GREATEST(0, $7 - reserved_nano) AS overrun
 ),
 payer AS (
@@ -453,16 +454,18 @@ class PostgresStore:
         return [dict(r) for r in await (await self.pool()).fetch(sql, *args)]
 
     async def accounts(self) -> list[Account]:
+        """Every account; a provider's shards (``provider:P/0`` … ``/15``) read back as ``provider:P``."""
         rows = await (await self.pool()).fetch(
-            "SELECT id, cap_nano, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
-            " ORDER BY id"
+            "SELECT regexp_replace(id, '/[0-9]+$', '') AS id, max(cap_nano) AS cap, sum(debits_pending) AS dp,"
+            " sum(debits_posted) AS dpo, sum(credits_pending) AS cp, sum(credits_posted) AS cpo FROM accounts"
+            " GROUP BY 1 ORDER BY 1"
         )
-        return [Account(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [Account(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
     async def transfers(self) -> list[Transfer]:
         rows = await (await self.pool()).fetch(
-            "SELECT id, call_id, kind, debit_account, credit_account, amount, pending_id, state"
-            " FROM transfers ORDER BY id"
+            "SELECT id, call_id, kind, regexp_replace(debit_account, '/[0-9]+$', ''),"
+            " regexp_replace(credit_account, '/[0-9]+$', ''), amount, pending_id, state FROM transfers ORDER BY id"
         )
         return [Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7])) for r in rows]
 
