@@ -181,14 +181,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-postgres", action="store_true")
+    ap.add_argument("--skip-sqlite", action="store_true")
     a = ap.parse_args()
     print(f"machine: nproc={os.cpu_count()} python {sys.version.split()[0]}; {a.seconds:g} s per point", flush=True)
     points: list[Point] = []
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        if a.skip_sqlite:
+            url = ""
         plan = [(1, 1, "64 payers", True), (1, 64, "64 payers", True), (1, 64, "1 payer", True),
                 (1, 64, "1 payer", False)]  # fmt: skip
-        points += run_backend("sqlite", url, a.seconds, plan)
+        if url:
+            points += run_backend("sqlite", url, a.seconds, plan)
     pg = None if a.skip_postgres else pg_database()
     if pg is None:
         print("  postgresql: not measured (server unreachable or --skip-postgres)")

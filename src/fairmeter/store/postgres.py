@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -78,7 +80,7 @@ claim AS (
 ),
 transfer AS (
     INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)
-    SELECT $1, 'hold', $15, $16 || '/' || (hashtext($1) & 15), $7, 'pending', $14 FROM hold
+    SELECT $1, 'hold', $15, $16, $7, 'pending', $14 FROM hold
     RETURNING id
 ),
 call AS (
@@ -88,7 +90,7 @@ call AS (
     SELECT $1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, id, $12, $13, $14, $18, $19 FROM transfer
 ),
 payee AS (
-    INSERT INTO accounts (id, credits_pending) SELECT $16 || '/' || (hashtext($1) & 15), $7 FROM hold
+    INSERT INTO accounts (id, credits_pending) SELECT $16, $7 FROM hold
     ON CONFLICT (id) DO UPDATE SET credits_pending = accounts.credits_pending + EXCLUDED.credits_pending
 )
 SELECT EXISTS (SELECT FROM hold) AS held, EXISTS (SELECT FROM claim) AS claimed
@@ -119,7 +121,7 @@ WITH done AS (
         prices_json = COALESCE($13, prices_json), price_source = COALESCE($14, price_source)
     WHERE id = $1 AND status = 'pending'
     RETURNING id, key_id, hold_id, reserved_nano, idempotency_key, payer_id, funding_json,
-        'key:' || key_id AS debit, 'provider:' || provider || '/' || (hashtext(id) & 15) AS credit,
+        'key:' || key_id AS debit, 'provider:' || provider || '/' || $23 AS credit,
         LEAST($7, reserved_nano) AS posted, GREATEST(0, $7 - reserved_nano) AS overrun
 ),
 payer AS (
@@ -128,9 +130,9 @@ payer AS (
     RETURNING d.*
 ),
 payee AS (
-    UPDATE accounts a SET credits_pending = a.credits_pending - p.reserved_nano,
-        credits_posted = a.credits_posted + $7
-    FROM payer p WHERE a.id = p.credit
+    INSERT INTO accounts (id, credits_pending, credits_posted) SELECT p.credit, -p.reserved_nano, $7 FROM payer p
+    ON CONFLICT (id) DO UPDATE SET credits_pending = accounts.credits_pending + EXCLUDED.credits_pending,
+        credits_posted = accounts.credits_posted + EXCLUDED.credits_posted
 ),
 resolved AS (
     UPDATE transfers t SET state = $15 FROM payer p WHERE t.id = p.hold_id
@@ -156,8 +158,6 @@ kept AS (
 )
 SELECT overrun, payer_id, funding_json, debit FROM done
 """
-
-_LOCK_PAYER_OF_CALL = "SELECT 1 FROM payers WHERE id = (SELECT payer_id FROM calls WHERE id = $1) FOR UPDATE"
 
 _CREATE_KEY = """
 WITH k AS (
@@ -209,7 +209,8 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.batch = batch
+        self.batch = batch  # False: one transaction per hold and per settlement (the naive baseline)
+        self._committer: _GroupCommit | None = None
 
     @classmethod
     def lazy(cls, url: str, now: float, *, batch: bool = True) -> PostgresStore:  # float-ok: seconds
@@ -303,24 +304,39 @@ class PostgresStore:
         if call.key_id is None:
             raise LookupError(f"call {call.id} has no key, so no ledger account to hold on")
         idem = call.idempotency_key
-        account, provider = f"key:{call.key_id}", f"provider:{call.provider}"
-        args = (
-            call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.reserved,
-            call.estimate, call.prices_json, call.price_source, idem, call.lease_owner, call.lease_expires_at,
-            call.started_at, account, provider, idempotency_ttl_s,
-        )  # fmt: skip
+        account = f"key:{call.key_id}"
         while True:
-            async with (await self.pool()).acquire() as conn:
-                outcome = await _hold(conn, call, args, account)
-                if outcome is not None and outcome.kind == "held":
-                    return outcome
-                why = await conn.fetchrow(_BLOCKED, account, call.key_id, idem, call.started_at, idempotency_ttl_s)
+            outcome = await self._batched(
+                call.payer_id, None, lambda conn, shard: _hold(conn, call, idempotency_ttl_s, account, shard)
+            )
+            if outcome is not None and outcome.kind == "held":
+                return outcome
+            why = await (await self.pool()).fetchrow(
+                _BLOCKED, account, call.key_id, idem, call.started_at, idempotency_ttl_s
+            )
             assert why is not None
             if outcome is not None and why["other"] is None:  # the payer's buckets refused it (no live key)
                 return outcome
             blocked = _blocked(why, account, call.reserved)
             if blocked is not None:
                 return blocked
+
+    async def _batched(
+        self, payer_id: str | None, call_id: str | None, op: Callable[[Conn, int], Coroutine[Any, Any, T]]
+    ) -> T:
+        """Run ``op`` in a transaction: its own (``batch=False``) or one shared by every operation queued
+        meanwhile in this process (group commit). ``op`` gets the connection and the provider shard to credit."""
+        if not self.batch:
+            async with (await self.pool()).acquire() as conn:
+                shard = secrets.randbelow(PROVIDER_SHARDS)
+                if call_id is None:  # a hold: its savepoint is a transaction of its own, and locks its payer first
+                    return await op(conn, shard)
+                async with conn.transaction():
+                    await _lock_payers(conn, [], [call_id])
+                    return await op(conn, shard)
+        if self._committer is None:
+            self._committer = _GroupCommit(self)
+        return await self._committer.run(payer_id, call_id, op)
 
     def mark_forwarded(self, call_id: str) -> None:
         """Queue the write on the running loop and return at once; ``close()`` waits for it."""
@@ -360,30 +376,31 @@ class PostgresStore:
         else:
             state, kind = TransferState.POSTED, TransferKind.POST
         sr = None if void else end.stored_response
-        async with (await self.pool()).acquire() as conn, conn.transaction():
-            # The payer's row first: every hold and settlement of a payer takes it first (no deadlocks).
-            await conn.execute(_LOCK_PAYER_OF_CALL, call_id)
-            row = await conn.fetchrow(
-            _FINISH,
+        args = (
             call_id, end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
             int(end.estimated), end.breakdown_json, end.ended_at, end.message, needs_reconciliation,
             end.prices_json, end.price_source, state.value, kind.value, now, "voided" if void else "settled",
             sr.status if sr else None, json.dumps(sr.headers) if sr else None, sr.body if sr else None,
             int(sr.stream) if sr else None,
-            )  # fmt: skip
+        )  # fmt: skip
+
+        async def op(conn: Conn, shard: int) -> Nano:
+            row = await conn.fetchrow(_FINISH, *args, str(shard))
             if row is None:
                 return 0
             if row["funding_json"] is not None:
-                actual_size = Size(actual, end.tokens)
                 fs = await settle_funding(
-                    PgTx(conn), call_id, row["payer_id"], row["debit"], row["funding_json"], actual_size, now, void=void
-                )
+                    PgTx(conn), call_id, row["payer_id"], row["debit"], row["funding_json"], Size(actual, end.tokens),
+                    now, void=void,
+                )  # fmt: skip
                 await conn.execute(
                     "UPDATE calls SET paid_json = $1, explanation = $2,"
                     " needs_reconciliation = GREATEST(needs_reconciliation, $3) WHERE id = $4",
                     paid_json(fs), fs.explanation, int(fs.overrun > 0), call_id,
                 )  # fmt: skip
             return int(row["overrun"] or 0)
+
+        return await self._batched(None, call_id, op)
 
     async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
         """A call that never got a hold; ``reserved_nano`` records the hold it asked for, no transfer exists."""
@@ -480,10 +497,15 @@ class PostgresStore:
         return [dict(r) for r in rows]
 
 
-async def _hold(conn: Conn, call: CallStart, args: tuple[Any, ...], account: str) -> HoldOutcome | None:
-    """One transaction: the payer's buckets (its row locked first), then the key's cap, the idempotency
-    claim and the call row. Rolled back, returning None, when the cap or a live Idempotency-Key stopped it,
-    or returning ``unfunded`` when the payer's buckets did."""
+async def _hold(conn: Conn, call: CallStart, ttl_s: int, account: str, shard: int) -> HoldOutcome | None:
+    """The hold, inside the caller's transaction (as a savepoint of its own): the payer's buckets, then the
+    key's cap, the idempotency claim and the call row. Undone, returning None, when the cap or a live
+    Idempotency-Key stopped it, or returning ``unfunded`` when the payer's buckets did."""
+    args = (
+        call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.reserved, call.estimate,
+        call.prices_json, call.price_source, call.idempotency_key, call.lease_owner, call.lease_expires_at,
+        call.started_at, account, f"provider:{call.provider}/{shard}", ttl_s,
+    )  # fmt: skip
     try:
         async with conn.transaction():
             funding_json = None
@@ -500,6 +522,100 @@ async def _hold(conn: Conn, call: CallStart, args: tuple[Any, ...], account: str
     except _Rollback as undone:
         result: HoldOutcome | None = undone.args[0]
         return result
+
+
+PROVIDER_SHARDS = 16
+MAX_BATCH = 64
+RUNNERS = 8
+
+
+async def _lock_payers(conn: Conn, payer_ids: list[str], call_ids: list[str]) -> None:
+    """Lock the payers of a transaction's operations first, in id order: every transaction that touches a
+    payer's rows takes that payer's lock first, so two transactions never wait for each other in a cycle."""
+    if payer_ids or call_ids:
+        await conn.execute(
+            "SELECT id FROM payers WHERE id = ANY($1::text[])"
+            " OR id IN (SELECT payer_id FROM calls WHERE id = ANY($2::text[])) ORDER BY id FOR UPDATE",
+            sorted(set(payer_ids)),
+            call_ids,
+        )
+
+
+@dataclass
+class _Queued:
+    payer_id: str | None
+    call_id: str | None
+    op: Callable[[Conn, int], Coroutine[Any, Any, Any]]
+    done: asyncio.Future[Any]
+
+
+class _GroupCommit:
+    """Group commit on PostgreSQL: holds and settlements queued while a transaction runs share the next
+    one (up to ``MAX_BATCH``; ``RUNNERS`` transactions at once, each on its own connection).
+
+    A batch locks its payers first, in id order, and credits one provider shard, so batches of different
+    processes never deadlock. Each hold is a savepoint, so one that does not fit is undone alone. If an
+    operation raises, the batch is rolled back and its operations are run one transaction each, so only
+    the failing one fails.
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.queue: list[_Queued] = []
+        self.runners = 0
+
+    async def run(
+        self, payer_id: str | None, call_id: str | None, op: Callable[[Conn, int], Coroutine[Any, Any, T]]
+    ) -> T:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.queue.append(_Queued(payer_id, call_id, op, done))
+        if self.runners < RUNNERS:
+            self.runners += 1
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self.store._background.add(task)
+            task.add_done_callback(self.store._forget)
+        return await done
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+                try:
+                    results = await self._commit(batch)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _settle(batch[0].done, exc)
+                    else:
+                        log.exception("a batch of %d ledger operations failed; running them one by one", len(batch))
+                        for item in batch:
+                            await self._alone(item)
+                    continue
+                for item, value in zip(batch, results, strict=True):
+                    if not item.done.done():
+                        item.done.set_result(value)
+        finally:
+            self.runners -= 1
+
+    async def _commit(self, batch: list[_Queued]) -> list[Any]:
+        pool = await self.store.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await _lock_payers(conn, [b.payer_id for b in batch if b.payer_id], [b.call_id for b in batch if b.call_id])
+            shard = secrets.randbelow(PROVIDER_SHARDS)
+            return [await item.op(conn, shard) for item in batch]
+
+    async def _alone(self, item: _Queued) -> None:
+        try:
+            value = (await self._commit([item]))[0]
+        except Exception as exc:
+            _settle(item.done, exc)
+            return
+        if not item.done.done():
+            item.done.set_result(value)
+
+
+def _settle(done: asyncio.Future[Any], exc: BaseException) -> None:
+    if not done.done():
+        done.set_exception(exc)
 
 
 def _blocked(why: asyncpg.Record | None, account: str, amount: Nano) -> HoldOutcome | None:
