@@ -95,7 +95,13 @@ def test_keys_create_prints_json_and_the_key_works_with_its_cap(
             cwd=tmp_path,
         )
     )
-    assert set(made) == {"id", "key", "name", "max_spend_usd"}
+    assert set(made) == {"id", "key", "name", "max_spend_usd", "admin", "org_id", "user_id", "service", "payer_id"}
+    assert (made["org_id"], made["user_id"], made["service"], made["payer_id"]) == (
+        "org_default",
+        None,
+        "default",
+        "pay_default",
+    ), "a key made without an owner belongs to the default organisation's default service"
     assert made["name"] == "alice" and made["key"].startswith("fm-") and made["id"].startswith("key_")
     assert isinstance(made["max_spend_usd"], str) and Decimal(made["max_spend_usd"]) == Decimal("1.50")
     call_id = chat(gateway, made["key"], clients)

@@ -1,60 +1,32 @@
-"""The `fairmeter` command: serve, emulator, demo, keys, calls, verify, replay."""
+"""The `fairmeter` command: serve, emulator, demo, keys, calls, verify, replay; the admin commands are in cli_admin."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fairmeter import cli_admin
+from fairmeter.admin_ops import KeyRequest, create_owned_key
+from fairmeter.cli_common import cli_actor, config_of, db_args, list_limit, store_of
 from fairmeter.clock import SystemClock
-from fairmeter.config import Config, load_config, max_spend_from_cli
-from fairmeter.errors import ConfigError
+from fairmeter.config import Config, max_spend_from_cli
+from fairmeter.errors import ConfigError, FairmeterError
 from fairmeter.money import usd_str
-from fairmeter.store import Store, open_store, run_with
+from fairmeter.store import Store, run_with
 from fairmeter.store.protocol import CallPage
 from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso
-from fairmeter.store.sqlite import sqlite_path
 from fairmeter.tables import print_calls
-
-
-def _db_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config file (else $FAIRMETER_CONFIG, ./fairmeter.toml, defaults)")
-    p.add_argument("--database-url", help="overrides database_url, e.g. sqlite:///.fairmeter/fairmeter.db")
-
-
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, os.environ, Path.cwd(), args.database_url)
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_LIST_LIMIT}, got {text!r}") from None
-    if not 1 <= value <= MAX_LIST_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LIST_LIMIT}, got {value}")
-    return value
-
-
-def _store(config: Config, create: bool = False) -> Store:
-    """Open the database; commands that only read or change existing records refuse to create a SQLite file."""
-    url = config.database_url
-    if not create and url.startswith("sqlite:///"):
-        path = sqlite_path(url)
-        if path != ":memory:" and not Path(path).exists():
-            raise ConfigError(f"no fairmeter database at {path} (check --database-url / database_url)")
-    return open_store(url, SystemClock().now())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fairmeter.gateway.server import serve
 
-    config = _config(args)
+    config = config_of(args)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after a graceful shutdown is not an error
         serve(config, args.host or config.host, args.port if args.port is not None else config.port)
     return 0
@@ -80,8 +52,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    config = _config(args)
-    store = _store(config, create=args.keys_cmd == "create")
+    config = config_of(args)
+    store = store_of(config, create=args.keys_cmd == "create")
     if args.keys_cmd == "create":
         return run_with(store, lambda s: _create_key(args, config, s))
     if args.keys_cmd == "list":
@@ -93,13 +65,16 @@ async def _create_key(args: argparse.Namespace, config: Config, store: Store) ->
     cap = max_spend_from_cli(args.max_spend_usd)
     if cap is None:
         cap = config.default_key_max_spend
-    key, secret = await store.create_key(args.name, cap, args.admin, SystemClock().now())
-    cap_text = None if cap is None else usd_str(cap)
+    req = KeyRequest(args.name, cap, args.admin, args.org, args.user, args.service)
+    made = await create_owned_key(store, req, cli_actor(), SystemClock().now())
     if args.json:
-        print(json.dumps({"id": key.id, "key": secret, "name": key.name, "max_spend_usd": cap_text}))
+        print(json.dumps(made))
     else:
-        print(f"created key {key.id} ({key.name}); spend cap: {'none' if cap_text is None else '$' + cap_text}")
-        print(f"  {secret}")
+        cap_text = "none" if made["max_spend_usd"] is None else "$" + made["max_spend_usd"]
+        owner = f"user {made['user_id']}" if made["user_id"] else f"service {made['service']}"
+        print(f"created key {made['id']} ({made['name']}) for {owner} of {made['org_id']}, paid by {made['payer_id']};"
+              f" spend cap: {cap_text}")  # fmt: skip
+        print(f"  {made['key']}")
         print("This is the only time the key is shown; it is stored as a hash.")
     return 0
 
@@ -142,7 +117,7 @@ async def _revoke_key(args: argparse.Namespace, store: Store) -> int:
 
 def cmd_calls(args: argparse.Namespace) -> int:
     page = CallPage(limit=args.limit, status=args.status)
-    rows = [call_json(r) for r in run_with(_store(_config(args)), lambda s: s.list_calls(page))]
+    rows = [call_json(r) for r in run_with(store_of(config_of(args)), lambda s: s.list_calls(page))]
     if args.json:
         print(json.dumps({"data": rows}))
         return 0
@@ -153,7 +128,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from fairmeter.verify import verify_store
 
-    result = run_with(_store(_config(args)), verify_store)
+    result = run_with(store_of(config_of(args)), verify_store)
     if args.json:
         print(json.dumps(result))
     else:
@@ -169,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the gateway")
-    _db_args(s)
+    db_args(s)
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(fn=cmd_serve)
@@ -190,32 +165,37 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keys", help="create, list and revoke fairmeter keys")
     ksub = k.add_subparsers(dest="keys_cmd", required=True)
     kc = ksub.add_parser("create")
-    _db_args(kc)
+    db_args(kc)
     kc.add_argument("--name", required=True)
     kc.add_argument("--max-spend-usd")
     kc.add_argument("--admin", action="store_true")
+    kc.add_argument("--org", help="the key's organisation, by name or id (default: the default organisation)")
+    kc.add_argument("--user", help="the user the key belongs to (else it belongs to a service)")
+    kc.add_argument("--service", help="the service the key belongs to (default: default)")
     kc.add_argument("--json", action="store_true")
     kl = ksub.add_parser("list")
-    _db_args(kl)
+    db_args(kl)
     kl.add_argument("--json", action="store_true")
     kr = ksub.add_parser("revoke")
-    _db_args(kr)
+    db_args(kr)
     kr.add_argument("id")
     k.set_defaults(fn=cmd_keys)
 
     c = sub.add_parser("calls", help="list call records")
     csub = c.add_subparsers(dest="calls_cmd", required=True)
     cl = csub.add_parser("list")
-    _db_args(cl)
-    cl.add_argument("--limit", type=_limit, default=50, help=f"1 to {MAX_LIST_LIMIT} (default 50)")
+    db_args(cl)
+    cl.add_argument("--limit", type=list_limit, default=50, help=f"1 to {MAX_LIST_LIMIT} (default 50)")
     cl.add_argument("--status", choices=CALL_STATUSES)
     cl.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_calls)
 
     v = sub.add_parser("verify", help="check the books; exit 1 on any problem")
-    _db_args(v)
+    db_args(v)
     v.add_argument("--json", action="store_true")
     v.set_defaults(fn=cmd_verify)
+
+    cli_admin.register(sub)
     return p
 
 
@@ -223,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.fn(args)
-    except ConfigError as exc:
+    except (ConfigError, FairmeterError) as exc:
         print(f"fairmeter: {exc}", file=sys.stderr)
         return 2
     return code

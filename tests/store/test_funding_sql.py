@@ -211,6 +211,21 @@ def test_refunds_go_back_to_their_buckets_or_become_a_grant(books: Books) -> Non
     books.check()
 
 
+def test_a_refund_to_a_live_grant_can_be_spent_again(books: Books) -> None:
+    books.set(spill_to_credits=True)
+    grant = books.run(lambda tx: admin_sql.add_grant(tx, books.payer, USD, "promo", "test", NOW))["id"]
+    books.call(5 * USD, 5 * USD)  # the 5-hour window is full
+    s, _ = books.call(USD // 2, USD // 2)
+    assert paid(s) == [(grant, USD // 2)]
+    assert books.limits()["grants"][0]["remaining_usd"] == "0.5"
+    out = books.run(lambda tx: admin_sql.refund_call(tx, "c2", None, "bad answer", "test", NOW))
+    assert [(r["bucket"], r["source"], r["amount_usd"]) for r in out["returned"]] == [("grants", grant, "0.5")]
+    assert books.limits()["grants"][0]["remaining_usd"] == "1"
+    s, _ = books.call(USD, USD)
+    assert paid(s) == [(grant, USD)]
+    books.check()
+
+
 def test_limits_agree_with_the_next_call(books: Books) -> None:
     books.call(USD + 123, USD + 123)
     room = books.limits()["windows"][0]["remaining"]
@@ -252,6 +267,16 @@ Bad = Callable[[Books], Callable[[Tx], Coroutine[Any, Any, Any]]]
         (lambda b: lambda tx: admin_sql.create_payer(tx, "acme", None, "pro", {}, "t", NOW), "already has a payer"),
         (lambda b: lambda tx: admin_sql.put_plan(tx, {"name": "x", "windows": 3}, "t", NOW), "windows must be a list"),
         (lambda b: lambda tx: admin_sql.create_org(tx, "acme", "t", NOW), "already exists"),
+        (lambda b: lambda tx: admin_sql.create_org(tx, "Acme Inc", "t", NOW), "The organisation name must be 1-64"),
+        (lambda b: lambda tx: admin_sql.create_team(tx, "acme", "", "t", NOW), "The team name must be"),
+        (lambda b: lambda tx: admin_sql.add_grant(tx, b.payer, 1, "x", "t", NOW, priority=-1), "priority must be"),
+        (
+            lambda b: lambda tx: admin_sql.add_grant(tx, b.payer, 1, "x", "t", NOW, starts_at=NOW - 99, expires_at=NOW),
+            "must expire in the future",
+        ),
+        (lambda b: lambda tx: admin_sql.topup(tx, b.payer, 5, " ", "t", NOW), "needs a reference"),
+        (lambda b: lambda tx: admin_sql.set_payer(tx, b.payer, {}, "t", NOW), "Nothing to change"),
+        (lambda b: lambda tx: admin_sql.assign_key(tx, b.key, "acme", "u", "svc", "t", NOW), "user or to a service"),
     ],
 )
 def test_bad_admin_input_is_refused_and_changes_nothing(books: Books, bad: Bad, message: str) -> None:

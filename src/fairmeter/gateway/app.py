@@ -8,6 +8,8 @@ import logging
 import orjson
 
 from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
+from fairmeter.gateway.admin import PREFIX as ADMIN_PREFIX
+from fairmeter.gateway.admin import handle_admin
 from fairmeter.gateway.api import handle_api
 from fairmeter.gateway.asgi import ClientGone, Receive, Scope, Send, read_body, send_whole
 from fairmeter.gateway.errors import error_body, error_headers, render
@@ -55,6 +57,8 @@ class Gateway:
             await self._free(scope, receive, send, "anthropic", "count_tokens")
         elif path == "/v1/models" and scope["method"] == "GET":
             await self._free(scope, receive, send, "openai", "models")
+        elif path.startswith(ADMIN_PREFIX):
+            await handle_admin(self.state, scope, receive, send)
         elif path.startswith("/fairmeter/v1/"):
             await handle_api(self.state, scope, send)
         elif path == "/healthz":

@@ -26,6 +26,7 @@ from fairmeter.ledger.plans import (
 from fairmeter.ledger.windows import period_bounds
 from fairmeter.money import Nano, usd_str
 from fairmeter.store.funding_sql import (
+    DEFAULT_ORG,
     Payer,
     account_room,
     add_to_account,
@@ -34,12 +35,14 @@ from fairmeter.store.funding_sql import (
     live_grants,
     load_payer,
     period_used,
+    plan_of,
     window_uses,
 )
 from fairmeter.store.records import iso
 from fairmeter.store.sql import Tx
 
 DAY_S = 86_400
+MAX_PRIORITY = 1_000_000  # fits an INTEGER column on both backends
 
 
 def new_id(prefix: str) -> str:
@@ -60,15 +63,29 @@ async def log_change(tx: Tx, actor: str, action: str, target: str, detail: dict[
 
 
 async def admin_log(tx: Tx, limit: int) -> list[dict[str, Any]]:
-    rows = await tx.fetch("SELECT * FROM admin_log ORDER BY ts DESC, id DESC LIMIT $1", limit)
-    return [{**r, "detail": json.loads(r["detail_json"]), "ts": iso(r["ts"])} for r in rows]
+    """The newest ``limit`` changes, newest first."""
+    rows = await tx.fetch("SELECT id, actor, action, target, detail_json, ts FROM admin_log ORDER BY ts DESC, id DESC"
+                          " LIMIT $1", limit)  # fmt: skip
+    return [
+        {"id": r["id"], "actor": r["actor"], "action": r["action"], "target": r["target"],
+         "detail": json.loads(r["detail_json"]), "ts": iso(r["ts"])}
+        for r in rows
+    ]  # fmt: skip
+
+
+def _name(value: str, what: str, param: str = "name") -> str:
+    """A name as an admin request error (400), not a bare ValueError (which would be a 500)."""
+    try:
+        return check_name(value, what)
+    except ValueError as exc:
+        raise InvalidRequest(f"{str(exc)[0].upper()}{str(exc)[1:]}.", param=param) from None
 
 
 # ---- organisations, teams, users --------------------------------------------------------------
 
 
 async def create_org(tx: Tx, name: str, actor: str, now: float) -> dict[str, Any]:
-    check_name(name, "the organisation name")
+    _name(name, "the organisation name")
     if await tx.fetchrow("SELECT id FROM orgs WHERE name = $1", name):
         raise InvalidRequest(f"An organisation named {name!r} already exists.", param="name")
     org_id = new_id("org")
@@ -87,7 +104,7 @@ async def org_id_of(tx: Tx, org: str) -> str:
 
 async def create_team(tx: Tx, org: str, name: str, actor: str, now: float) -> dict[str, Any]:
     org_id = await org_id_of(tx, org)
-    check_name(name, "the team name")
+    _name(name, "the team name")
     if await tx.fetchrow("SELECT id FROM teams WHERE org_id = $1 AND name = $2", org_id, name):
         raise InvalidRequest(f"Organisation {org} already has a team named {name!r}.", param="name")
     team_id = new_id("team")
@@ -100,7 +117,7 @@ async def create_team(tx: Tx, org: str, name: str, actor: str, now: float) -> di
 
 async def create_user(tx: Tx, org: str, name: str, team: str | None, actor: str, now: float) -> dict[str, Any]:
     org_id = await org_id_of(tx, org)
-    check_name(name, "the user name")
+    _name(name, "the user name")
     team_id = None
     if team is not None:
         row = await tx.fetchrow("SELECT id FROM teams WHERE org_id = $1 AND (id = $2 OR name = $2)", org_id, team)
@@ -138,7 +155,9 @@ async def put_plan(tx: Tx, spec: dict[str, Any], actor: str, now: float) -> dict
 
 
 async def list_plans(tx: Tx) -> list[dict[str, Any]]:
-    return [json.loads(r["spec_json"]) for r in await tx.fetch("SELECT spec_json FROM plans ORDER BY name")]
+    """Every plan in the one shape ``put_plan`` returns (the seeded default is stored as written, not filled in)."""
+    rows = await tx.fetch("SELECT spec_json FROM plans ORDER BY name")
+    return [plan_to_mapping(plan_of(r["spec_json"])) for r in rows]
 
 
 async def create_payer(
@@ -188,6 +207,8 @@ async def set_payer(tx: Tx, payer_id: str, changes: dict[str, Any], actor: str, 
     row = await tx.fetchrow("SELECT plan, switches_json FROM payers WHERE id = $1", payer_id)
     if row is None:
         raise NotFound(f"No payer {payer_id!r}.")
+    if not changes:
+        raise InvalidRequest("Nothing to change: give a plan or a switch.")
     changes = dict(changes)
     plan = changes.pop("plan", row["plan"])
     if await tx.fetchrow("SELECT name FROM plans WHERE name = $1", plan) is None:
@@ -219,14 +240,23 @@ async def payer_of_key(tx: Tx, key_id: str) -> str:
     return str(row["payer_id"])
 
 
-async def assign_key(
-    tx: Tx, key_id: str, org: str | None, user: str | None, service: str | None, actor: str, now: float
-) -> dict[str, Any]:
-    """Give a new key its owner (a user, or a service of an organisation) and its payer.
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    org_id: str
+    user_id: str | None
+    service: str | None
+    payer_id: str
 
+
+async def key_owner(tx: Tx, org: str | None, user: str | None, service: str | None) -> KeyOwner:
+    """Who a key would belong to, and its payer; refuses an unknown owner without changing anything.
+
+    A key belongs to a user or to a service of an organisation (``default`` when neither is given).
     The payer is the user's individual payer when the user has one, else the organisation's.
     """
-    org_id = await org_id_of(tx, org) if org is not None else "org_default"
+    if user is not None and service is not None:
+        raise InvalidRequest("A key belongs to a user or to a service, not both.", param="service")
+    org_id = await org_id_of(tx, org) if org is not None else DEFAULT_ORG
     user_id = None
     if user is not None:
         row = await tx.fetchrow("SELECT id FROM users WHERE org_id = $1 AND (id = $2 OR name = $2)", org_id, user)
@@ -240,12 +270,22 @@ async def assign_key(
         payer = await tx.fetchrow("SELECT id FROM payers WHERE org_id = $1 AND user_id IS NULL", org_id)
     if payer is None:
         raise NotFound(f"Organisation {org} has no payer yet; create one (fairmeter payers create) first.")
+    svc = None if user_id else _name(service or "default", "the service name", "service")
+    return KeyOwner(org_id, user_id, svc, str(payer["id"]))
+
+
+async def assign_key(
+    tx: Tx, key_id: str, org: str | None, user: str | None, service: str | None, actor: str, now: float
+) -> dict[str, Any]:
+    """Give a new key its owner (a user, or a service of an organisation) and its payer."""
+    owner = await key_owner(tx, org, user, service)
     await tx.execute(
         "UPDATE keys SET org_id = $1, user_id = $2, service = $3, payer_id = $4 WHERE id = $5",
-        org_id, user_id, None if user_id else (service or "default"), payer["id"], key_id,
+        owner.org_id, owner.user_id, owner.service, owner.payer_id, key_id,
     )  # fmt: skip
-    await log_change(tx, actor, "key.assign", key_id, {"org_id": org_id, "user_id": user_id, "payer": payer["id"]}, now)
-    return {"org_id": org_id, "user_id": user_id, "payer_id": payer["id"]}
+    out = {"org_id": owner.org_id, "user_id": owner.user_id, "service": owner.service, "payer_id": owner.payer_id}
+    await log_change(tx, actor, "key.assign", key_id, out, now)
+    return out
 
 
 # ---- money in: grants and top-ups ---------------------------------------------------------------
@@ -269,10 +309,14 @@ async def add_grant(
         raise InvalidRequest("A grant must be more than $0.", param="amount_usd")
     if not reason.strip():
         raise InvalidRequest("A grant needs a reason (it is shown to the payer).", param="reason")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidRequest(f"priority must be from 0 (burns first) to {MAX_PRIORITY}.", param="priority")
     start = now if starts_at is None else starts_at
     expires = start + payer.plan.grant_days * DAY_S if expires_at is None else expires_at
     if expires <= start:
         raise InvalidRequest("A grant must expire after it starts.", param="expires_at")
+    if expires <= now:
+        raise InvalidRequest(f"A grant must expire in the future; {iso(expires)} has passed.", param="expires_at")
     grant_id = new_id("gr")
     await tx.execute(
         "INSERT INTO grants (id, payer_id, amount, priority, starts_at, expires_at, reason, created_at, created_by)"
@@ -293,11 +337,13 @@ async def topup(tx: Tx, payer_id: str, amount: Nano, reference: str, actor: str,
     await _payer(tx, payer_id)
     if amount <= 0:
         raise InvalidRequest("A top-up must be more than $0.", param="amount_usd")
+    if not reference.strip():
+        raise InvalidRequest("A top-up needs a reference (the payment it records).", param="reference")
     ref = new_id("top")
     await add_to_account(tx, "issuer:topups", debits_posted=amount)
     await add_to_account(tx, f"credits:{payer_id}", credits_posted=amount)
     await insert_transfer(tx, ref, "topup", "issuer:topups", f"credits:{payer_id}", amount, "posted", now,
-                          bucket="credits", reason=reference or None)  # fmt: skip
+                          bucket="credits", reason=reference)  # fmt: skip
     await log_change(tx, actor, "credits.topup", payer_id, {"amount_usd": usd_str(amount), "reference": reference}, now)
     return {"id": ref, "payer_id": payer_id, "amount_usd": usd_str(amount), "balance_usd": usd_str(
         await account_room(tx, f"credits:{payer_id}"))}  # fmt: skip
@@ -455,6 +501,8 @@ async def refund_call(tx: Tx, call_id: str, amount: Nano | None, reason: str, ac
         await add_to_account(tx, account, credits_posted=take)
         await insert_transfer(tx, call_id, "refund", f"provider:{provider}", account, take, "posted", now,
                               bucket=bucket, reason=reason)  # fmt: skip
+        if portion.bucket is BucketKind.GRANTS:  # a grant's room is its amount less what it paid: count the refund in
+            await tx.execute("UPDATE grants SET amount = amount + $1 WHERE id = $2", take, portion.source)
         if portion.bucket is BucketKind.SUBSCRIPTION:
             for name, start, charged_w, unit in paid["windows"]:
                 back = take if unit == "usd" else -(-charged_w * take // max(paid_amount, 1))
@@ -497,3 +545,12 @@ async def _regrant(
     await insert_transfer(tx, call_id, "regrant", f"provider:{provider}", f"grant:{grant_id}", amount, "posted", now,
                           bucket="grants", reason=why)  # fmt: skip
     return grant_id
+
+
+# ---- migrations ----------------------------------------------------------------------------------
+
+
+async def migrations(tx: Tx) -> list[dict[str, Any]]:
+    """The migrations applied to this database, in the order they were applied."""
+    rows = await tx.fetch("SELECT name, applied_at FROM migrations ORDER BY applied_at, name")
+    return [{"name": r["name"], "applied_at": r["applied_at"]} for r in rows]
