@@ -26,7 +26,6 @@ from fairmeter.ledger.plans import (
 from fairmeter.ledger.windows import period_bounds
 from fairmeter.money import Nano, usd_str
 from fairmeter.store.funding_sql import (
-    DEFAULT_ORG,
     Payer,
     account_room,
     add_to_account,
@@ -38,7 +37,7 @@ from fairmeter.store.funding_sql import (
     plan_of,
     window_uses,
 )
-from fairmeter.store.records import iso
+from fairmeter.store.records import DEFAULT_ORG, iso
 from fairmeter.store.sql import Tx
 
 DAY_S = 86_400
