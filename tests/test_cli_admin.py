@@ -182,7 +182,7 @@ def test_limits_prints_every_window_and_bucket(tmp_path: Path) -> None:
         "UTC",
     ], "expiries are rounded up to the minute"
     assert lines[5].split() == ["purchased", "credits", "-", "-", "-", "$4.00", "does", "not", "expire"]
-    assert lines[6].split()[:7] == ["spill", "to", "credits", "(on,", "per", "month)", usd_text(0)]
+    assert lines[6].split()[:7] == ["spill", "to", "credits", "(on,", "per", "month)", usd_text(USD)]  # the grant's $1
     assert "no cap" in lines[6]
     assert lines[7].split()[:4] == ["overage", "(off,", "per", "month)"]
     assert len(lines) == 8

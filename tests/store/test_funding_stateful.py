@@ -207,7 +207,7 @@ class FundingMachine(RuleBasedStateMachine):
             assert r["held"] >= 0 and r["used"] >= 0 and r["used"] + r["held"] <= limits[r["window_name"]], r
         caps = {"spill": nano("6"), "overage": nano("2")}
         for r in self.rows("SELECT what, used, held FROM period_usage"):
-            assert r["held"] >= 0 and r["used"] + r["held"] <= caps[r["what"]], r
+            assert r["held"] >= 0 and r["used"] >= 0 and r["used"] + r["held"] <= caps[r["what"]], r
 
 
 def greedy(limits: dict[str, Any], amount: int) -> list[tuple[str, str, int]] | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from fairmeter.errors import InvalidRequest, NotFound
 from fairmeter.ledger.explain import state_of
-from fairmeter.ledger.funding import BucketKind, Portion
+from fairmeter.ledger.funding import SPILL_BUCKETS, BucketKind, Portion
 from fairmeter.ledger.plans import (
     Switches,
     check_name,
@@ -502,6 +502,14 @@ async def refund_call(tx: Tx, call_id: str, amount: Nano | None, reason: str, ac
                               bucket=bucket, reason=reason)  # fmt: skip
         if portion.bucket is BucketKind.GRANTS:  # a grant's room is its amount less what it paid: count the refund in
             await tx.execute("UPDATE grants SET amount = amount + $1 WHERE id = $2", take, portion.source)
+        period = (
+            "spill" if portion.bucket in SPILL_BUCKETS else "overage" if portion.bucket is BucketKind.OVERAGE else None
+        )
+        if period is not None and paid.get(f"{period}_start") is not None:  # room under the cap comes back too
+            await tx.execute(
+                "UPDATE period_usage SET used = used - $1 WHERE payer_id = $2 AND what = $3 AND start = $4",
+                take, payer_id, period, paid[f"{period}_start"],
+            )  # fmt: skip
         if portion.bucket is BucketKind.SUBSCRIPTION:
             for name, start, charged_w, unit in paid["windows"]:
                 back = take if unit == "usd" else -(-charged_w * take // max(paid_amount, 1))

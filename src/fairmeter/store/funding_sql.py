@@ -413,8 +413,9 @@ async def hold_funding(tx: Tx, call_id: str, payer_id: str, key_account: str, si
     sw = payer.switches
     held = HeldFunding(
         result,
-        period_bounds(sw.spill_period, now)[0] if sw.spill_cap is not None else None,
-        period_bounds(sw.overage_period, now)[0] if sw.overage_cap is not None else None,
+        # Counted whether or not a cap is set, so a cap set later in the period knows what was spent.
+        period_bounds(sw.spill_period, now)[0],
+        period_bounds(sw.overage_period, now)[0],
     )
     for p in result.portions:
         account = bucket_account(payer_id, p)
@@ -431,6 +432,8 @@ class FundingSettled:
     paid: Allocation  # every bucket that paid, in order (placed afterwards included)
     overrun: Nano  # posted to overage beyond every room, flagged
     explanation: str
+    spill_start: float | None = None  # float-ok: seconds; the periods it counted in (a refund gives room back)
+    overage_start: float | None = None  # float-ok: seconds
 
 
 async def settle_funding(
@@ -474,7 +477,8 @@ async def settle_funding(
     extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now)
     portions = d.paid.portions + extra.portions
     paid_all = Allocation(portions, d.paid.windows)
-    return FundingSettled(paid_all, overrun, await explanation(tx, payer_id, paid_all, held))
+    why = await explanation(tx, payer_id, paid_all, held)
+    return FundingSettled(paid_all, overrun, why, held.spill_start, held.overage_start)
 
 
 async def _place_unplaced(
@@ -494,8 +498,8 @@ async def _place_unplaced(
     sw = payer.switches
     as_held = HeldFunding(
         placed,
-        period_bounds(sw.spill_period, now)[0] if sw.spill_cap is not None else None,
-        period_bounds(sw.overage_period, now)[0] if sw.overage_cap is not None and not overrun else None,
+        period_bounds(sw.spill_period, now)[0],
+        None if overrun else period_bounds(sw.overage_period, now)[0],  # an overrun is flagged, not counted
     )
     for p in placed.portions:
         account = bucket_account(payer_id, p)
@@ -549,5 +553,7 @@ def paid_json(s: FundingSettled) -> str:
             "portions": [[p.bucket.value, p.source, p.amount] for p in s.paid.portions],
             "windows": [[w.name, w.start, w.amount, w.unit.value] for w in s.paid.windows],
             "overrun": s.overrun,
+            "spill_start": s.spill_start,
+            "overage_start": s.overage_start,
         }
     )
