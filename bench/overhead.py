@@ -68,9 +68,10 @@ def request_body(stream: bool) -> bytes:
     return json.dumps(body).encode()
 
 
-def write_config(path: Path, db: Path, emulator_port: int) -> None:
+def write_config(path: Path, db: Path | str, emulator_port: int) -> None:
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
     path.write_text(
-        f'database_url = "sqlite:///{db}"\n'
+        f'database_url = "{url}"\n'
         "[upstreams.openai]\n"
         f'base_url = "http://127.0.0.1:{emulator_port}/v1"\n'
         'api_key_env = "BENCH_UPSTREAM_KEY"\n'
@@ -150,14 +151,33 @@ def measure(
     return point, warm.issued + result.issued, warm.requests + result.requests
 
 
-def ledger_check(config: Path, db: Path, sent: int, completed: int) -> dict[str, object]:
+def calls_by_status(db: Path | str) -> dict[str, int]:
+    """How many call records of each status the gateway wrote (SQLite file or PostgreSQL URL)."""
+    if isinstance(db, str):
+        import asyncio
+
+        import asyncpg
+
+        async def count() -> dict[str, int]:
+            conn = await asyncpg.connect(db)
+            try:
+                rows = await conn.fetch("SELECT status, COUNT(*) FROM calls GROUP BY status")
+            finally:
+                await conn.close()
+            return {r[0]: int(r[1]) for r in rows}
+
+        return asyncio.run(count())
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return dict(conn.execute("SELECT status, COUNT(*) FROM calls GROUP BY status").fetchall())
+
+
+def ledger_check(config: Path, db: Path | str, sent: int, completed: int) -> dict[str, object]:
     """``fairmeter verify`` plus the call count against what wrk sent."""
     verify = subprocess.run(
         [*fairmeter_cmd(), "verify", "--config", str(config), "--json"], capture_output=True, text=True, check=False
     )
     report = json.loads(verify.stdout)
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM calls GROUP BY status").fetchall())
+    by_status = calls_by_status(db)
     recorded = sum(by_status.values())
     return {
         "verify": report,
@@ -268,6 +288,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
+    p.add_argument("--postgres", action="store_true", help="the gateway on a fresh PostgreSQL database, not SQLite")
     a = p.parse_args()
     ensure_wrk()
     info = machine()
@@ -300,7 +321,16 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
     servers.append(emulator)
     emulator.wait_listening()
 
-    db, config = tmp / "fm.db", tmp / "fairmeter.toml"
+    db: Path | str = tmp / "fm.db"
+    config = tmp / "fairmeter.toml"
+    if a.postgres:
+        from ledger import pg_database
+
+        pg = pg_database()
+        if pg is None:
+            raise SystemExit("--postgres: the PostgreSQL server at 127.0.0.1:5432 is not reachable")
+        db = pg
+    print(f"gateway database: {db if isinstance(db, str) else 'SQLite file ' + str(db)}", flush=True)
     write_config(config, db, emu_port)
     key = create_key(config)
     gw_port = free_port()
