@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 
 from tests.conftest import UPSTREAM_KEY, gateway_config
+from tests.serve_process import EXE, ServeProcess, write_config
 from tests.sync_store import SyncStore
 
 from fairmeter.config import Config
@@ -88,38 +86,21 @@ def test_lapsed_holds_are_resolved_periodically(emulator: EmulatorServer, tmp_pa
         store.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_kill_9_mid_stream_then_a_new_gateway_settles_the_hold_once(emulator: EmulatorServer, tmp_path: Path) -> None:
     """A real `fairmeter serve` process is killed mid-stream; its lease lapses; the next one resolves it."""
-    toml = tmp_path / "fm.toml"
-    toml.write_text(
-        f'database_url = "sqlite:///{tmp_path / "fm.db"}"\n'
-        "upstream_timeout_s = 1\nlease_margin_s = 1\nexpiry_interval_s = 0.2\n"
-        f'[upstreams.anthropic]\nbase_url = "{emulator.origin}"\napi_key_env = "FM_UP"\n'
-    )
-    exe = str(Path(sys.executable).parent / "fairmeter")
+    toml = write_config(
+        tmp_path / "fm.toml", f"sqlite:///{tmp_path / 'fm.db'}", emulator,
+        upstream_timeout_s=1, lease_margin_s=1, expiry_interval_s=0.2,
+    )  # fmt: skip
     made = subprocess.run(
-        [exe, "keys", "create", "--name", "k", "--max-spend-usd", "1", "--json", "--config", str(toml)],
+        [EXE, "keys", "create", "--name", "k", "--max-spend-usd", "1", "--json", "--config", str(toml)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     secret = json.loads(made.stdout)["key"]
-    port = _free_port()
-    env = {**os.environ, "FM_UP": UPSTREAM_KEY}
-    proc = subprocess.Popen([exe, "serve", "--config", str(toml), "--port", str(port)], env=env)
+    proc = ServeProcess(toml, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port))
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        proc.wait_until_answering()
+        sock = socket.create_connection(("127.0.0.1", proc.port))
         body = json.dumps(
             {
                 "model": "claude-haiku-4-5",
@@ -136,12 +117,10 @@ def test_kill_9_mid_stream_then_a_new_gateway_settles_the_hold_once(emulator: Em
         got = b""
         while got.count(b"content_block_delta") < 2:
             got += sock.recv(65536)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.kill_9()
         sock.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.stop()
     with contextlib.closing(sqlite3.connect(tmp_path / "fm.db")) as db:
         pending = db.execute("SELECT id, forwarded FROM calls WHERE status = 'pending'").fetchall()
     assert len(pending) == 1 and pending[0][1] == 1

@@ -135,6 +135,18 @@ def test_a_new_block_opens_after_the_last_one_closed_and_the_week_still_counts(b
     books.check()
 
 
+def test_a_call_placed_after_a_later_call_opened_the_block_counts_in_that_block(books: Books) -> None:
+    """Calls are stamped when they arrive and placed when they get the payer's lock, so an earlier stamp
+    can be placed after a later one opened the block: it counts there, it never opens a second block."""
+    books.call(4 * USD, 4 * USD, now=NOW + 1)
+    s, why = books.call(2 * USD, 2 * USD, now=NOW)
+    assert s is None and why.startswith("5-hour allowance has $1.00 left"), why
+    assert [(w["used"], w["resets_at"]) for w in books.limits(NOW + 2)["windows"][:1]] == [
+        ("4", "2026-11-25T17:00:01.000Z")
+    ]
+    books.check()
+
+
 def test_spill_burns_grants_by_priority_then_purchased_credits(books: Books) -> None:
     books.set(spill_to_credits=True)
     first = books.run(lambda tx: admin_sql.add_grant(tx, books.payer, USD, "welcome", "test", NOW, priority=5))

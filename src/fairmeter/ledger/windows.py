@@ -79,12 +79,14 @@ def window_start(spec: WindowSpec, open_start: float | None, now: float) -> tupl
     """The start of the period a call at ``now`` counts in, and whether that call opens it.
 
     ``open_start`` is the start of the latest block of a block window (None if it never had one);
-    weekly windows ignore it.
+    weekly windows ignore it. A call stamped before that block began (calls are stamped on arrival and
+    placed when they get the payer's lock, so a later call can open the block first) counts in it: a
+    block never opens before the latest one, where two overlapping blocks would each grant the limit.
     """
     if spec.kind is WindowKind.WEEKLY:
         anchor = _MONDAY_1970 + spec.anchor_weekday * 86_400 + spec.anchor_s
         return anchor + math.floor((now - anchor) / WEEK_S) * WEEK_S, False
-    if open_start is not None and open_start <= now < open_start + spec.length_s:
+    if open_start is not None and now < open_start + spec.length_s:
         return open_start, False
     return now, True
 
