@@ -160,16 +160,18 @@ def bucket_account(payer_id: str, portion: Portion) -> str:
 
 
 async def add_to_account(tx: Tx, account: str, **deltas: int) -> None:
-    """Add to an account's balances, creating it when it does not exist yet."""
+    """Add to an account's balances, creating it when it does not exist yet (one statement)."""
     cols = [c for c, v in deltas.items() if v]
     if not cols:
         return
-    values = [deltas[c] for c in cols]
-    sets = ", ".join(f"{c} = {c} + ${i + 2}" for i, c in enumerate(cols))
-    if await tx.execute(f"UPDATE accounts SET {sets} WHERE id = $1", account, *values) == 0:
-        names = ", ".join(cols)
-        marks = ", ".join(f"${i + 2}" for i in range(len(cols)))
-        await tx.execute(f"INSERT INTO accounts (id, {names}) VALUES ($1, {marks})", account, *values)
+    names = ", ".join(cols)
+    marks = ", ".join(f"${i + 2}" for i in range(len(cols)))
+    sets = ", ".join(f"{c} = accounts.{c} + excluded.{c}" for c in cols)
+    await tx.execute(
+        f"INSERT INTO accounts (id, {names}) VALUES ($1, {marks}) ON CONFLICT (id) DO UPDATE SET {sets}",
+        account,
+        *[deltas[c] for c in cols],
+    )
 
 
 async def insert_transfer(
@@ -351,33 +353,45 @@ def held_from_json(text: str) -> HeldFunding:
 
 
 async def _count(tx: Tx, table: str, keycols: tuple[str, ...], keys: tuple[object, ...], used: int, held: int) -> None:
-    """Add to a usage counter row (window or period), creating it on first use."""
+    """Add to a usage counter row (window or period), creating it on first use (one statement)."""
     if not used and not held:
         return
-    n = len(keys)
-    where = " AND ".join(f"{c} = ${i + 3}" for i, c in enumerate(keycols))
-    if await tx.execute(f"UPDATE {table} SET used = used + $1, held = held + $2 WHERE {where}", used, held, *keys):
-        return
     cols = ", ".join(keycols)
-    marks = ", ".join(f"${i + 3}" for i in range(n))
-    await tx.execute(f"INSERT INTO {table} ({cols}, used, held) VALUES ({marks}, $1, $2)", used, held, *keys)
+    marks = ", ".join(f"${i + 3}" for i in range(len(keys)))
+    await tx.execute(
+        f"INSERT INTO {table} ({cols}, used, held) VALUES ({marks}, $1, $2) ON CONFLICT ({cols}) DO UPDATE"
+        f" SET used = {table}.used + excluded.used, held = {table}.held + excluded.held",
+        used,
+        held,
+        *keys,
+    )
 
 
-async def _count_windows(tx: Tx, payer_id: str, charges: tuple[WindowCharge, ...], sign: int, posted: bool) -> None:
-    for w in charges:
-        used, held = (w.amount, 0) if posted else (0, w.amount)
+async def _count_windows(
+    tx: Tx, payer_id: str, held: tuple[WindowCharge, ...], posted: tuple[WindowCharge, ...] | None = None
+) -> None:
+    """Windows hold ``held`` (a hold: ``posted`` None), or release ``held`` and are charged ``posted``."""
+    charged = {(w.name, w.start): w.amount for w in posted or ()}
+    for w in held:
+        used = charged.get((w.name, w.start), 0)
+        delta_held = w.amount if posted is None else -w.amount
         await _count(tx, "window_usage", ("payer_id", "window_name", "start"), (payer_id, w.name, w.start),
-                     sign * used, sign * held)  # fmt: skip
+                     used, delta_held)  # fmt: skip
 
 
-async def _count_periods(tx: Tx, payer_id: str, held: HeldFunding, a: Allocation, sign: int, posted: bool) -> None:
-    spill = sum(p.amount for p in a.portions if p.bucket in SPILL_BUCKETS)
-    over = a.amount_of(BucketKind.OVERAGE)
-    for what, start, amount in (("spill", held.spill_start, spill), ("overage", held.overage_start, over)):
-        if start is not None and amount:
-            used, hold = (amount, 0) if posted else (0, amount)
+def _period_amounts(a: Allocation) -> tuple[Nano, Nano]:
+    return sum(p.amount for p in a.portions if p.bucket in SPILL_BUCKETS), a.amount_of(BucketKind.OVERAGE)
+
+
+async def _count_periods(tx: Tx, payer_id: str, held: HeldFunding, hold: Allocation, paid: Allocation | None) -> None:
+    """Spill and overage periods hold ``hold`` (``paid`` None), or release it and count ``paid``."""
+    holds = _period_amounts(hold)
+    posts = _period_amounts(paid) if paid is not None else (0, 0)
+    for i, (what, start) in enumerate((("spill", held.spill_start), ("overage", held.overage_start))):
+        if start is not None:
+            delta_held = -holds[i] if paid is not None else holds[i]
             await _count(tx, "period_usage", ("payer_id", "what", "start"), (payer_id, what, start),
-                         sign * used, sign * hold)  # fmt: skip
+                         posts[i], delta_held)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,8 +436,8 @@ async def hold_funding(tx: Tx, call_id: str, payer_id: str, key_account: str, si
         await add_to_account(tx, account, debits_pending=p.amount)
         await insert_transfer(tx, call_id, "hold", account, key_account, p.amount, "pending", now, bucket=p.bucket)
     await add_to_account(tx, key_account, credits_pending=result.total)
-    await _count_windows(tx, payer_id, result.windows, +1, posted=False)
-    await _count_periods(tx, payer_id, held, result, +1, posted=False)
+    await _count_windows(tx, payer_id, result.windows)
+    await _count_periods(tx, payer_id, held, result, None)
     return FundingHold(held)
 
 
@@ -470,10 +484,8 @@ async def settle_funding(
         if paid:
             await insert_transfer(tx, call_id, "post", account, key_account, paid, "posted", now, bucket=p.bucket)
     await add_to_account(tx, key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
-    await _count_windows(tx, payer_id, alloc.windows, -1, posted=False)
-    await _count_windows(tx, payer_id, d.paid.windows, +1, posted=True)
-    await _count_periods(tx, payer_id, held, alloc, -1, posted=False)
-    await _count_periods(tx, payer_id, held, d.paid, +1, posted=True)
+    await _count_windows(tx, payer_id, alloc.windows, d.paid.windows)
+    await _count_periods(tx, payer_id, held, alloc, d.paid)
     extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now)
     portions = d.paid.portions + extra.portions
     paid_all = Allocation(portions, d.paid.windows)
@@ -508,8 +520,9 @@ async def _place_unplaced(
         await insert_transfer(tx, call_id, kind, account, key_account, p.amount, "posted", now,
                               bucket=p.bucket, reason=reason)  # fmt: skip
     await add_to_account(tx, key_account, credits_posted=placed.total)
-    await _count_windows(tx, payer_id, placed.windows, +1, posted=True)
-    await _count_periods(tx, payer_id, as_held, placed, +1, posted=True)
+    await _count_windows(tx, payer_id, tuple(WindowCharge(w.name, w.start, 0, w.unit) for w in placed.windows),
+                         placed.windows)  # fmt: skip
+    await _count_periods(tx, payer_id, as_held, Allocation(()), placed)
     return placed, overrun
 
 
@@ -533,7 +546,7 @@ async def window_states(
 
 
 async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding) -> str:
-    payer = await load_payer(tx, payer_id, lock=False)
+    payer = await load_payer(tx, payer_id, lock=False) if held.allocation.windows else None
     specs = payer.plan.windows if payer else ()
     periods = {w.name: (w.start, True) for w in held.allocation.windows}
     specs = tuple(s for s in specs if s.name in periods)
