@@ -230,8 +230,20 @@ async def load_payer(tx: Tx, payer_id: str, lock: bool) -> Payer | None:
     if row is None:
         return None
     plan = plan_of(row["spec_json"])
-    switches = parse_switches(json.loads(row["switches_json"]), plan.switches)
-    return Payer(row["id"], row["org_id"], row["user_id"], plan, switches)
+    return Payer(row["id"], row["org_id"], row["user_id"], plan, _switches(row["switches_json"], plan))
+
+
+_parsed_switches: dict[tuple[str, Plan], Switches] = {}
+
+
+def _switches(text: str, plan: Plan) -> Switches:
+    """A payer's switches over its plan's defaults, parsed once per distinct (text, plan)."""
+    found = _parsed_switches.get((text, plan))
+    if found is None:
+        if len(_parsed_switches) > 10_000:
+            _parsed_switches.clear()
+        found = _parsed_switches[(text, plan)] = parse_switches(json.loads(text), plan.switches)
+    return found
 
 
 async def window_uses(tx: Tx, payer: Payer, now: float) -> tuple[WindowUse, ...]:
@@ -415,7 +427,9 @@ class FundingHold:
         return refusal_message(self.refusal, state_of(tight) if tight else None)
 
 
-async def hold_funding(tx: Tx, call_id: str, payer_id: str, key_account: str, size: Size, now: float) -> FundingHold:
+async def hold_funding(
+    tx: Tx, call_id: str, payer_id: str, key_account: str, size: Size, now: float, *, credit_key: bool = True
+) -> FundingHold:
     """Place a call's worst case on the payer's buckets in burn order (or refuse), atomically with the call."""
     payer = await load_payer(tx, payer_id, lock=True)
     if payer is None:
@@ -435,7 +449,8 @@ async def hold_funding(tx: Tx, call_id: str, payer_id: str, key_account: str, si
         account = bucket_account(payer_id, p)
         await add_to_account(tx, account, debits_pending=p.amount)
         await insert_transfer(tx, call_id, "hold", account, key_account, p.amount, "pending", now, bucket=p.bucket)
-    await add_to_account(tx, key_account, credits_pending=result.total)
+    if credit_key:  # else the caller folds it into its own update of the key's account (it equals W)
+        await add_to_account(tx, key_account, credits_pending=result.total)
     await _count_windows(tx, payer_id, result.windows)
     await _count_periods(tx, payer_id, held, result, None)
     return FundingHold(held)
@@ -460,8 +475,13 @@ async def settle_funding(
     now: float,
     *,
     void: bool,
+    credit_key: bool = True,
 ) -> FundingSettled:
-    """Draw the real cost from the held buckets in order, release the rest; place what is left over."""
+    """Draw the real cost from the held buckets in order, release the rest; place what is left over.
+
+    Every cent of the cost is placed (overruns included), so the key's account is credited exactly what its
+    spend leg posts: ``credit_key=False`` leaves that update to the caller, who folds it into its own.
+    """
     held = held_from_json(held_text)
     alloc = held.allocation
     await tx.execute(
@@ -483,10 +503,11 @@ async def settle_funding(
         await add_to_account(tx, account, debits_pending=-p.amount, debits_posted=paid)
         if paid:
             await insert_transfer(tx, call_id, "post", account, key_account, paid, "posted", now, bucket=p.bucket)
-    await add_to_account(tx, key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
+    if credit_key:
+        await add_to_account(tx, key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
     await _count_windows(tx, payer_id, alloc.windows, d.paid.windows)
     await _count_periods(tx, payer_id, held, alloc, d.paid)
-    extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now)
+    extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now, credit_key)
     portions = d.paid.portions + extra.portions
     paid_all = Allocation(portions, d.paid.windows)
     why = await explanation(tx, payer_id, paid_all, held)
@@ -494,7 +515,7 @@ async def settle_funding(
 
 
 async def _place_unplaced(
-    tx: Tx, call_id: str, payer_id: str, key_account: str, d: Draw, now: float
+    tx: Tx, call_id: str, payer_id: str, key_account: str, d: Draw, now: float, credit_key: bool
 ) -> tuple[Allocation, Nano]:
     """Cost no held portion could take: on current room in burn order, else overage as a flagged overrun."""
     if d.unplaced == 0:
@@ -519,7 +540,8 @@ async def _place_unplaced(
         kind, reason = ("overrun", "cost beyond every bucket's room") if overrun else ("post", "placed at settlement")
         await insert_transfer(tx, call_id, kind, account, key_account, p.amount, "posted", now,
                               bucket=p.bucket, reason=reason)  # fmt: skip
-    await add_to_account(tx, key_account, credits_posted=placed.total)
+    if credit_key:
+        await add_to_account(tx, key_account, credits_posted=placed.total)
     await _count_windows(tx, payer_id, tuple(WindowCharge(w.name, w.start, 0, w.unit) for w in placed.windows),
                          placed.windows)  # fmt: skip
     await _count_periods(tx, payer_id, as_held, Allocation(()), placed)

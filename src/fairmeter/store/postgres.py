@@ -65,7 +65,8 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 # is false when the Idempotency-Key belongs to a live call (then the caller rolls the hold back).
 _HOLD = """
 WITH hold AS (
-    UPDATE accounts SET debits_pending = debits_pending + $7
+    UPDATE accounts SET debits_pending = debits_pending + $7,
+        credits_pending = credits_pending + CASE WHEN $18::text IS NULL THEN 0 ELSE $7 END
     WHERE id = $15 AND (cap_nano IS NULL OR debits_posted + debits_pending + $7 <= cap_nano)
     RETURNING id
 ),
@@ -125,7 +126,9 @@ WITH done AS (
         LEAST($7, reserved_nano) AS posted, GREATEST(0, $7 - reserved_nano) AS overrun
 ),
 payer AS (
-    UPDATE accounts a SET debits_pending = a.debits_pending - d.reserved_nano, debits_posted = a.debits_posted + $7
+    UPDATE accounts a SET debits_pending = a.debits_pending - d.reserved_nano, debits_posted = a.debits_posted + $7,
+        credits_pending = a.credits_pending - CASE WHEN d.funding_json IS NULL THEN 0 ELSE d.reserved_nano END,
+        credits_posted = a.credits_posted + CASE WHEN d.funding_json IS NULL THEN 0 ELSE $7 END
     FROM done d WHERE a.id = d.debit
     RETURNING d.*
 ),
@@ -391,7 +394,7 @@ class PostgresStore:
             if row["funding_json"] is not None:
                 fs = await settle_funding(
                     PgTx(conn), call_id, row["payer_id"], row["debit"], row["funding_json"], Size(actual, end.tokens),
-                    now, void=void,
+                    now, void=void, credit_key=False,
                 )  # fmt: skip
                 await conn.execute(
                     "UPDATE calls SET paid_json = $1, explanation = $2,"
@@ -511,7 +514,9 @@ async def _hold(conn: Conn, call: CallStart, ttl_s: int, account: str, shard: in
             funding_json = None
             if call.payer_id is not None:
                 size = Size(call.reserved, call.tokens)
-                fh = await hold_funding(PgTx(conn), call.id, call.payer_id, account, size, call.started_at)
+                fh = await hold_funding(
+                    PgTx(conn), call.id, call.payer_id, account, size, call.started_at, credit_key=False
+                )
                 if fh.refusal is not None:
                     raise _Rollback(HoldOutcome("unfunded", unfunded=fh.message, fundable=fh.refusal.fundable))
                 funding_json = fh.json

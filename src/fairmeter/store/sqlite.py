@@ -278,20 +278,25 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, 'pending', ?)",
                 (call.key_id, call.idempotency_key, call.id, call.started_at),
             )
+        funded = call.reserved if call.payer_id is not None else 0  # the funding leg credits the key W
         cur = db.execute(
-            "UPDATE accounts SET debits_pending = debits_pending + ?1 WHERE id = ?2"
-            " AND (cap_nano IS NULL OR debits_posted + debits_pending + ?1 <= cap_nano)",
-            (call.reserved, account),
+            "UPDATE accounts SET debits_pending = debits_pending + ?1, credits_pending = credits_pending + ?3"
+            " WHERE id = ?2 AND (cap_nano IS NULL OR debits_posted + debits_pending + ?1 <= cap_nano)",
+            (call.reserved, account, funded),
         )
         if cur.rowcount == 0:
             return self._refused(call, account)
         funding_json = None
         if call.payer_id is not None:
             size = Size(call.reserved, call.tokens)
-            fh = run_now(hold_funding(SQLiteTx(db), call.id, call.payer_id, account, size, call.started_at))
+            fh = run_now(
+                hold_funding(SQLiteTx(db), call.id, call.payer_id, account, size, call.started_at, credit_key=False)
+            )
             if fh.refusal is not None:
                 db.execute(
-                    "UPDATE accounts SET debits_pending = debits_pending - ? WHERE id = ?", (call.reserved, account)
+                    "UPDATE accounts SET debits_pending = debits_pending - ?1, credits_pending = credits_pending - ?1"
+                    " WHERE id = ?2",
+                    (call.reserved, account),
                 )
                 self._free_idempotency(call)
                 return HoldOutcome("unfunded", unfunded=fh.message, fundable=fh.refusal.fundable)
@@ -395,9 +400,11 @@ class SQLiteStore:
                 " reason, ts) VALUES (?, 'overrun', ?, ?, ?, ?, 'posted', 'cost above hold', ?)",
                 (call_id, debit, credit, split.overrun, hold_id, now),
             )
+        funded = row["funding_json"] is not None  # the funding leg credits the key what the spend leg posts
         db.execute(
-            "UPDATE accounts SET debits_pending = debits_pending - ?, debits_posted = debits_posted + ? WHERE id = ?",
-            (held, actual, debit),
+            "UPDATE accounts SET debits_pending = debits_pending - ?1, debits_posted = debits_posted + ?2,"
+            " credits_pending = credits_pending - ?4, credits_posted = credits_posted + ?5 WHERE id = ?3",
+            (held, actual, debit, held if funded else 0, actual if funded else 0),
         )
         self._credit(credit, -held, actual)
         if row["funding_json"] is not None:
@@ -412,7 +419,8 @@ class SQLiteStore:
         self, call_id: str, payer_id: str, account: str, held: str, actual: Size, now: float, void: bool
     ) -> None:
         """Draw the cost from the buckets that held it, in burn order; record who paid and why."""
-        fs = run_now(settle_funding(SQLiteTx(self.db), call_id, payer_id, account, held, actual, now, void=void))
+        tx = SQLiteTx(self.db)
+        fs = run_now(settle_funding(tx, call_id, payer_id, account, held, actual, now, void=void, credit_key=False))
         self.db.execute(
             "UPDATE calls SET paid_json = ?, explanation = ?, needs_reconciliation = needs_reconciliation OR ?"
             " WHERE id = ?",
