@@ -114,15 +114,20 @@ async def create_team(tx: Tx, org: str, name: str, actor: str, now: float) -> di
     return {"id": team_id, "org_id": org_id, "name": name}
 
 
+async def _member_id(tx: Tx, table: str, org_id: str, org: str, ref: str | None, what: str) -> str | None:
+    """A team or user of an organisation, by id or name (None when ``ref`` is None)."""
+    if ref is None:
+        return None
+    row = await tx.fetchrow(f"SELECT id FROM {table} WHERE org_id = $1 AND (id = $2 OR name = $2)", org_id, ref)
+    if row is None:
+        raise NotFound(f"Organisation {org} has no {what} {ref!r}.")
+    return str(row["id"])
+
+
 async def create_user(tx: Tx, org: str, name: str, team: str | None, actor: str, now: float) -> dict[str, Any]:
     org_id = await org_id_of(tx, org)
     _name(name, "the user name")
-    team_id = None
-    if team is not None:
-        row = await tx.fetchrow("SELECT id FROM teams WHERE org_id = $1 AND (id = $2 OR name = $2)", org_id, team)
-        if row is None:
-            raise NotFound(f"Organisation {org} has no team {team!r}.")
-        team_id = row["id"]
+    team_id = await _member_id(tx, "teams", org_id, org, team, "team")
     if await tx.fetchrow("SELECT id FROM users WHERE org_id = $1 AND name = $2", org_id, name):
         raise InvalidRequest(f"Organisation {org} already has a user named {name!r}.", param="name")
     user_id = new_id("usr")
@@ -164,12 +169,7 @@ async def create_payer(
 ) -> dict[str, Any]:
     """The organisation's payer (``user`` None) or a user's individual payer, on ``plan``."""
     org_id = await org_id_of(tx, org)
-    user_id = None
-    if user is not None:
-        row = await tx.fetchrow("SELECT id FROM users WHERE org_id = $1 AND (id = $2 OR name = $2)", org_id, user)
-        if row is None:
-            raise NotFound(f"Organisation {org} has no user {user!r}.")
-        user_id = row["id"]
+    user_id = await _member_id(tx, "users", org_id, org, user, "user")
     if await tx.fetchrow("SELECT name FROM plans WHERE name = $1", plan) is None:
         raise NotFound(f"No plan named {plan!r}; create it first (PUT /fairmeter/v1/admin/plans/{plan}).")
     owner = await tx.fetchrow(
@@ -256,12 +256,7 @@ async def key_owner(tx: Tx, org: str | None, user: str | None, service: str | No
     if user is not None and service is not None:
         raise InvalidRequest("A key belongs to a user or to a service, not both.", param="service")
     org_id = await org_id_of(tx, org) if org is not None else DEFAULT_ORG
-    user_id = None
-    if user is not None:
-        row = await tx.fetchrow("SELECT id FROM users WHERE org_id = $1 AND (id = $2 OR name = $2)", org_id, user)
-        if row is None:
-            raise NotFound(f"Organisation {org or 'default'} has no user {user!r}.")
-        user_id = row["id"]
+    user_id = await _member_id(tx, "users", org_id, org or "default", user, "user")
     payer = None
     if user_id is not None:
         payer = await tx.fetchrow("SELECT id FROM payers WHERE org_id = $1 AND user_id = $2", org_id, user_id)
