@@ -11,7 +11,8 @@ SQLite runs one writer at a time. So a hold computed from what was read is still
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from fairmeter.ledger.explain import WindowState, explain_payment, refusal_message, state_of
 from fairmeter.ledger.funding import (
@@ -379,31 +380,137 @@ async def _count(tx: Tx, table: str, keycols: tuple[str, ...], keys: tuple[objec
     )
 
 
-async def _count_windows(
-    tx: Tx, payer_id: str, held: tuple[WindowCharge, ...], posted: tuple[WindowCharge, ...] | None = None
+def _count_windows(
+    w: Writes, payer_id: str, held: tuple[WindowCharge, ...], posted: tuple[WindowCharge, ...] | None = None
 ) -> None:
     """Windows hold ``held`` (a hold: ``posted`` None), or release ``held`` and are charged ``posted``."""
-    charged = {(w.name, w.start): w.amount for w in posted or ()}
-    for w in held:
-        used = charged.get((w.name, w.start), 0)
-        delta_held = w.amount if posted is None else -w.amount
-        await _count(tx, "window_usage", ("payer_id", "window_name", "start"), (payer_id, w.name, w.start),
-                     used, delta_held)  # fmt: skip
+    charged = {(c.name, c.start): c.amount for c in posted or ()}
+    for c in held:
+        used = charged.get((c.name, c.start), 0)
+        w.count(w.windows, (payer_id, c.name, c.start), used, c.amount if posted is None else -c.amount)
 
 
 def _period_amounts(a: Allocation) -> tuple[Nano, Nano]:
     return sum(p.amount for p in a.portions if p.bucket in SPILL_BUCKETS), a.amount_of(BucketKind.OVERAGE)
 
 
-async def _count_periods(tx: Tx, payer_id: str, held: HeldFunding, hold: Allocation, paid: Allocation | None) -> None:
+def _count_periods(w: Writes, payer_id: str, held: HeldFunding, hold: Allocation, paid: Allocation | None) -> None:
     """Spill and overage periods hold ``hold`` (``paid`` None), or release it and count ``paid``."""
     holds = _period_amounts(hold)
     posts = _period_amounts(paid) if paid is not None else (0, 0)
     for i, (what, start) in enumerate((("spill", held.spill_start), ("overage", held.overage_start))):
         if start is not None:
-            delta_held = -holds[i] if paid is not None else holds[i]
-            await _count(tx, "period_usage", ("payer_id", "what", "start"), (payer_id, what, start),
-                         posts[i], delta_held)  # fmt: skip
+            w.count(w.periods, (payer_id, what, start), posts[i], -holds[i] if paid is not None else holds[i])
+
+
+_FLUSH_PG = """
+WITH resolved AS (
+    UPDATE transfers SET state = $1 WHERE $1::text IS NOT NULL AND call_id = $2 AND kind = 'hold'
+        AND credit_account = $3 AND state = 'pending'
+), acc AS (
+    INSERT INTO accounts (id, debits_pending, debits_posted, credits_pending, credits_posted)
+    SELECT * FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+    ON CONFLICT (id) DO UPDATE SET debits_pending = accounts.debits_pending + excluded.debits_pending,
+        debits_posted = accounts.debits_posted + excluded.debits_posted,
+        credits_pending = accounts.credits_pending + excluded.credits_pending,
+        credits_posted = accounts.credits_posted + excluded.credits_posted
+), moved AS (
+    INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, reason, ts, bucket)
+    SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::text[],
+        $15::text[], $16::float8[], $17::text[])
+), win AS (
+    INSERT INTO window_usage (payer_id, window_name, start, used, held)
+    SELECT * FROM unnest($18::text[], $19::text[], $20::float8[], $21::bigint[], $22::bigint[])
+    ON CONFLICT (payer_id, window_name, start) DO UPDATE
+        SET used = window_usage.used + excluded.used, held = window_usage.held + excluded.held
+), per AS (
+    INSERT INTO period_usage (payer_id, what, start, used, held)
+    SELECT * FROM unnest($23::text[], $24::text[], $25::float8[], $26::bigint[], $27::bigint[])
+    ON CONFLICT (payer_id, what, start) DO UPDATE
+        SET used = period_usage.used + excluded.used, held = period_usage.held + excluded.held
+)
+SELECT 1
+"""
+
+_ACCOUNT_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+
+
+@dataclass
+class Writes:
+    """What a hold or a settlement writes, collected and then written at once.
+
+    On PostgreSQL ``flush`` is one statement (data-modifying CTEs over arrays), so the funding leg costs one
+    round trip under the payer's lock; on SQLite it is a statement per row, as before. Deltas to one row
+    are summed first (one statement may touch a row only once).
+    """
+
+    accounts: dict[str, list[int]] = field(default_factory=dict)
+    transfers: list[tuple[str, str, str, str, int, str, str | None, float, str]] = field(default_factory=list)
+    windows: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
+    periods: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
+    resolve: tuple[str, str, str] | None = None  # (new state, call id, key account) of the funding holds
+
+    def account(self, account: str, **deltas: int) -> None:
+        row = self.accounts.setdefault(account, [0, 0, 0, 0])
+        for name, value in deltas.items():
+            row[_ACCOUNT_COLUMNS.index(name)] += value
+
+    def transfer(
+        self, call_id: str, kind: str, debit: str, credit: str, amount: Nano, state: str, now: float,
+        bucket: str, reason: str | None = None,
+    ) -> None:  # fmt: skip
+        self.transfers.append((call_id, kind, debit, credit, amount, state, reason, now, bucket))
+
+    def count(self, counters: dict[tuple[str, str, float], list[int]], key: tuple[str, str, float], used: int,
+              held: int) -> None:  # fmt: skip
+        if used or held:
+            row = counters.setdefault(key, [0, 0])
+            row[0] += used
+            row[1] += held
+
+    async def flush(self, tx: Tx) -> None:
+        if tx.dialect == "postgres":
+            await self._flush_one_statement(tx)
+        else:
+            await self._flush_each(tx)
+        self.accounts, self.transfers, self.windows, self.periods, self.resolve = {}, [], {}, {}, None
+
+    async def _flush_each(self, tx: Tx) -> None:
+        if self.resolve is not None:
+            await tx.execute(
+                "UPDATE transfers SET state = $1 WHERE call_id = $2 AND kind = 'hold' AND credit_account = $3"
+                " AND state = 'pending'",
+                *self.resolve,
+            )
+        for account, row in self.accounts.items():
+            await add_to_account(tx, account, **dict(zip(_ACCOUNT_COLUMNS, row, strict=True)))
+        for call_id, kind, debit, credit, amount, state, reason, now, bucket in self.transfers:
+            await insert_transfer(tx, call_id, kind, debit, credit, amount, state, now, bucket=bucket, reason=reason)
+        for table, keycols, counters in (
+            ("window_usage", ("payer_id", "window_name", "start"), self.windows),
+            ("period_usage", ("payer_id", "what", "start"), self.periods),
+        ):
+            for key, (used, held) in counters.items():
+                await _count(tx, table, keycols, key, used, held)
+
+    async def _flush_one_statement(self, tx: Tx) -> None:
+        if not (self.resolve or self.accounts or self.transfers or self.windows or self.periods):
+            return
+        state, call_id, key = self.resolve or (None, "", "")
+        accounts = list(self.accounts.items())
+        windows = [(*k, *v) for k, v in self.windows.items()]
+        periods = [(*k, *v) for k, v in self.periods.items()]
+        await tx.execute(
+            _FLUSH_PG,
+            state, call_id, key,
+            [a for a, _ in accounts], *([r[i] for _, r in accounts] for i in range(4)),
+            *_columns(self.transfers, 9), *_columns(windows, 5), *_columns(periods, 5),
+        )  # fmt: skip
+
+
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows as ``width`` column lists (the arrays ``unnest`` takes)."""
+    return [[row[i] for row in rows] for i in range(width)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,14 +552,16 @@ async def hold_funding(
         period_bounds(sw.spill_period, now)[0],
         period_bounds(sw.overage_period, now)[0],
     )
+    w = Writes()
     for p in result.portions:
         account = bucket_account(payer_id, p)
-        await add_to_account(tx, account, debits_pending=p.amount)
-        await insert_transfer(tx, call_id, "hold", account, key_account, p.amount, "pending", now, bucket=p.bucket)
+        w.account(account, debits_pending=p.amount)
+        w.transfer(call_id, "hold", account, key_account, p.amount, "pending", now, p.bucket)
     if credit_key:  # else the caller folds it into its own update of the key's account (it equals W)
-        await add_to_account(tx, key_account, credits_pending=result.total)
-    await _count_windows(tx, payer_id, result.windows)
-    await _count_periods(tx, payer_id, held, result, None)
+        w.account(key_account, credits_pending=result.total)
+    _count_windows(w, payer_id, result.windows)
+    _count_periods(w, payer_id, held, result, None)
+    await w.flush(tx)
     return FundingHold(held)
 
 
@@ -484,13 +593,7 @@ async def settle_funding(
     """
     held = held_from_json(held_text)
     alloc = held.allocation
-    await tx.execute(
-        "UPDATE transfers SET state = $1 WHERE call_id = $2 AND kind = 'hold' AND credit_account = $3"
-        " AND state = 'pending'",
-        "voided" if void else "posted",
-        call_id,
-        key_account,
-    )
+    w = Writes(resolve=("voided" if void else "posted", call_id, key_account))
     dead = set()
     if not void and any(p.bucket is BucketKind.GRANTS for p in alloc.portions):
         rows = await tx.fetch("SELECT id FROM grants WHERE payer_id = $1 AND expires_at <= $2", payer_id, now)
@@ -500,13 +603,14 @@ async def settle_funding(
     for p in alloc.portions:
         account = bucket_account(payer_id, p)
         paid = paid_by.get((p.bucket, p.source), 0)
-        await add_to_account(tx, account, debits_pending=-p.amount, debits_posted=paid)
+        w.account(account, debits_pending=-p.amount, debits_posted=paid)
         if paid:
-            await insert_transfer(tx, call_id, "post", account, key_account, paid, "posted", now, bucket=p.bucket)
+            w.transfer(call_id, "post", account, key_account, paid, "posted", now, p.bucket)
     if credit_key:
-        await add_to_account(tx, key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
-    await _count_windows(tx, payer_id, alloc.windows, d.paid.windows)
-    await _count_periods(tx, payer_id, held, alloc, d.paid)
+        w.account(key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
+    _count_windows(w, payer_id, alloc.windows, d.paid.windows)
+    _count_periods(w, payer_id, held, alloc, d.paid)
+    await w.flush(tx)
     extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now, credit_key)
     portions = d.paid.portions + extra.portions
     paid_all = Allocation(portions, d.paid.windows)
@@ -534,17 +638,18 @@ async def _place_unplaced(
         period_bounds(sw.spill_period, now)[0],
         None if overrun else period_bounds(sw.overage_period, now)[0],  # an overrun is flagged, not counted
     )
+    w = Writes()
+    kind, reason = ("overrun", "cost beyond every bucket's room") if overrun else ("post", "placed at settlement")
     for p in placed.portions:
         account = bucket_account(payer_id, p)
-        await add_to_account(tx, account, debits_posted=p.amount)
-        kind, reason = ("overrun", "cost beyond every bucket's room") if overrun else ("post", "placed at settlement")
-        await insert_transfer(tx, call_id, kind, account, key_account, p.amount, "posted", now,
-                              bucket=p.bucket, reason=reason)  # fmt: skip
+        w.account(account, debits_posted=p.amount)
+        w.transfer(call_id, kind, account, key_account, p.amount, "posted", now, p.bucket, reason)
     if credit_key:
-        await add_to_account(tx, key_account, credits_posted=placed.total)
-    await _count_windows(tx, payer_id, tuple(WindowCharge(w.name, w.start, 0, w.unit) for w in placed.windows),
-                         placed.windows)  # fmt: skip
-    await _count_periods(tx, payer_id, as_held, Allocation(()), placed)
+        w.account(key_account, credits_posted=placed.total)
+    _count_windows(w, payer_id, tuple(WindowCharge(c.name, c.start, 0, c.unit) for c in placed.windows),
+                   placed.windows)  # fmt: skip
+    _count_periods(w, payer_id, as_held, Allocation(()), placed)
+    await w.flush(tx)
     return placed, overrun
 
 
