@@ -25,10 +25,11 @@ class FairmeterError(Exception):
     code: str = "invalid_request"
     retryable: bool = False
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, details: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.details = details  # machine-readable numbers of the refusal, sent beside the message
 
 
 class InvalidApiKey(FairmeterError):

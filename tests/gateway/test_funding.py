@@ -90,6 +90,11 @@ def test_the_subscription_pays_until_its_window_is_full_then_402_with_the_reset(
     )
     assert "pay-as-you-go credits are off for this account" in body["message"]
     assert "resets " in body["message"] and " UTC" in body["message"]
+    numbers = body["allowance_exhausted"]  # the same, for programs
+    assert numbers["window"]["name"] == "5h" and numbers["window"]["limit"] == "0.0003"
+    assert numbers["window"]["resets_at"] == window["resets_at"]
+    assert nano(numbers["window"]["remaining"]) < nano(numbers["hold_usd"])
+    assert "pay-as-you-go credits are off for this account" in numbers["blocked"]
     record = gateway.call(refusal.response.headers["fairmeter-call-id"])
     assert record["status"] == "refused" and record["billed_usd"] == "0"
 

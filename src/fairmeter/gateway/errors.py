@@ -21,13 +21,22 @@ _ANTHROPIC_TYPES = {
 }
 
 
-def error_body(provider: str, status: int, code: str, message: str, param: str | None = None) -> bytes:
-    """The JSON body of an error in ``provider``'s shape."""
+def error_body(
+    provider: str,
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    details: dict[str, object] | None = None,
+) -> bytes:
+    """The JSON body of an error in ``provider``'s shape; ``details`` ride in the error object under ``code``'s
+    name (e.g. ``"allowance_exhausted": {"resets_at": …}``), where the SDKs keep unknown fields."""
+    extra = {code: details} if details else {}
     if provider == "anthropic":
         etype = _ANTHROPIC_TYPES.get(status, "invalid_request_error")
-        return orjson.dumps({"type": "error", "error": {"type": etype, "message": message, "code": code}})
+        return orjson.dumps({"type": "error", "error": {"type": etype, "message": message, "code": code, **extra}})
     etype = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return orjson.dumps({"error": {"message": message, "type": etype, "param": param, "code": code}})
+    return orjson.dumps({"error": {"message": message, "type": etype, "param": param, "code": code, **extra}})
 
 
 def error_headers(call_id: str, retryable: bool, body_len: int) -> Headers:
@@ -45,5 +54,5 @@ def error_headers(call_id: str, retryable: bool, body_len: int) -> Headers:
 
 def render(provider: str, call_id: str, exc: FairmeterError) -> tuple[int, Headers, bytes]:
     """Status, headers and body for a refusal."""
-    body = error_body(provider, exc.status, exc.code, exc.message, exc.param)
+    body = error_body(provider, exc.status, exc.code, exc.message, exc.param, exc.details)
     return exc.status, error_headers(call_id, exc.retryable, len(body)), body

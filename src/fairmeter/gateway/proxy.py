@@ -116,7 +116,7 @@ def _allowance_exhausted(
     fitting = state.meter.max_output_fitting(quote, parsed, outcome.fundable) if outcome.fundable else None
     if fitting is not None:
         message += f" A request with max_tokens of at most {fitting} would fit."
-    return AllowanceExhausted(message)
+    return AllowanceExhausted(message, details={**(outcome.details or {}), "max_tokens_that_fit": fitting})
 
 
 def _idempotency_key(scope: Scope) -> str | None:

@@ -32,8 +32,8 @@ from fairmeter.ledger.funding import (
 )
 from fairmeter.ledger.plans import Plan, Switches, parse_switches, plan_from_mapping
 from fairmeter.ledger.windows import Unit, WindowSpec, period_bounds, window_start
-from fairmeter.money import Nano
-from fairmeter.store.records import DEFAULT_ORG, DEFAULT_PAYER
+from fairmeter.money import Nano, usd_str
+from fairmeter.store.records import DEFAULT_ORG, DEFAULT_PAYER, HoldOutcome, iso
 from fairmeter.store.sql import Row, Tx
 
 DEFAULT_PLAN = "payg"
@@ -525,6 +525,28 @@ class FundingHold:
     def json(self) -> str:
         assert self.held is not None
         return allocation_json(self.held.allocation, self.held.spill_start, self.held.overage_start)
+
+    def refused(self) -> HoldOutcome:
+        """The hold's outcome when the payer's buckets refused it."""
+        assert self.refusal is not None
+        return HoldOutcome("unfunded", unfunded=self.message, fundable=self.refusal.fundable, details=self.details)
+
+    @property
+    def details(self) -> dict[str, object]:
+        """The refusal's numbers, for programs: the tightest window as it stands and what blocked the rest."""
+        assert self.refusal is not None
+        r = self.refusal
+        out: dict[str, object] = {"hold_usd": usd_str(r.needed), "fundable_usd": usd_str(r.fundable), "window": None}
+        if r.tightest is not None:
+            st = state_of(r.tightest)
+            amount = usd_str if st.unit is Unit.USD else str
+            out["window"] = {
+                "name": st.name, "label": st.label, "unit": st.unit.value, "used": amount(st.used),
+                "held": amount(st.held), "limit": amount(st.limit), "remaining": amount(st.room),
+                "resets_at": iso(st.resets_at),
+            }  # fmt: skip
+        out["blocked"] = list(r.blocked)
+        return out
 
     @property
     def message(self) -> str:

@@ -518,7 +518,7 @@ async def _hold(conn: Conn, call: CallStart, ttl_s: int, account: str, shard: in
                     PgTx(conn), call.id, call.payer_id, account, size, call.started_at, credit_key=False
                 )
                 if fh.refusal is not None:
-                    raise _Rollback(HoldOutcome("unfunded", unfunded=fh.message, fundable=fh.refusal.fundable))
+                    raise _Rollback(fh.refused())
                 funding_json = fh.json
             row = await conn.fetchrow(_HOLD, *args, call.payer_id, funding_json)
             if row is None or not row["held"] or (call.idempotency_key is not None and not row["claimed"]):

@@ -121,6 +121,7 @@ class HoldOutcome:
     stored: StoredResponse | None = None
     unfunded: str | None = None  # why the payer's buckets cannot cover the hold (docs/funding.md)
     fundable: Nano = 0  # what they could cover: a smaller request up to this would fit
+    details: dict[str, Any] | None = None  # the refusal's numbers (window, used, limit, resets_at …)
 
 
 CALL_STATUSES = ("ok", "upstream_error", "refused", "bad_request", "client_disconnected", "upstream_cut", "pending")

@@ -299,7 +299,7 @@ class SQLiteStore:
                     (call.reserved, account),
                 )
                 self._free_idempotency(call)
-                return HoldOutcome("unfunded", unfunded=fh.message, fundable=fh.refusal.fundable)
+                return fh.refused()
             funding_json = fh.json
         self._credit(provider, call.reserved, 0)
         hold = db.execute(
