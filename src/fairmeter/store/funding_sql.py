@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fairmeter.ledger.explain import WindowState, explain_payment, refusal_message, state_of
 from fairmeter.ledger.funding import (
@@ -352,6 +352,10 @@ class HeldFunding:
     spill_start: float | None  # float-ok: seconds
     overage_start: float | None  # float-ok: seconds
 
+    @property
+    def starts(self) -> tuple[float | None, float | None]:  # float-ok: seconds
+        return self.spill_start, self.overage_start
+
 
 def held_from_json(text: str) -> HeldFunding:
     data = json.loads(text)
@@ -403,31 +407,52 @@ def _count_periods(w: Writes, payer_id: str, held: HeldFunding, hold: Allocation
             w.count(w.periods, (payer_id, what, start), posts[i], -holds[i] if paid is not None else holds[i])
 
 
-_FLUSH_PG = """
-WITH resolved AS (
-    UPDATE transfers SET state = $1 WHERE $1::text IS NOT NULL AND call_id = $2 AND kind = 'hold'
-        AND credit_account = $3 AND state = 'pending'
-), acc AS (
+def funding_ctes(first: int, gate: str = "") -> str:
+    """The funding leg's writes as data-modifying CTEs over arrays, parameters ``$first`` … ``$first+23``.
+
+    ``gate`` (e.g. ``WHERE EXISTS (SELECT FROM hold)``) makes them apply only when the statement's spend leg
+    did: then a hold is one statement on PostgreSQL, spend and funding together.
+    """
+    n = [f"${first + i}" for i in range(24)]
+    return f"""acc AS (
     INSERT INTO accounts (id, debits_pending, debits_posted, credits_pending, credits_posted)
-    SELECT * FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+    SELECT * FROM unnest({n[0]}::text[], {n[1]}::bigint[], {n[2]}::bigint[], {n[3]}::bigint[], {n[4]}::bigint[]) {gate}
     ON CONFLICT (id) DO UPDATE SET debits_pending = accounts.debits_pending + excluded.debits_pending,
         debits_posted = accounts.debits_posted + excluded.debits_posted,
         credits_pending = accounts.credits_pending + excluded.credits_pending,
         credits_posted = accounts.credits_posted + excluded.credits_posted
 ), moved AS (
     INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, reason, ts, bucket)
-    SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::text[],
-        $15::text[], $16::float8[], $17::text[])
+    SELECT * FROM unnest({n[5]}::text[], {n[6]}::text[], {n[7]}::text[], {n[8]}::text[], {n[9]}::bigint[],
+        {n[10]}::text[], {n[11]}::text[], {n[12]}::float8[], {n[13]}::text[]) {gate}
 ), win AS (
     INSERT INTO window_usage (payer_id, window_name, start, used, held)
-    SELECT * FROM unnest($18::text[], $19::text[], $20::float8[], $21::bigint[], $22::bigint[])
+    SELECT * FROM unnest({n[14]}::text[], {n[15]}::text[], {n[16]}::float8[], {n[17]}::bigint[], {n[18]}::bigint[])
+        {gate}
     ON CONFLICT (payer_id, window_name, start) DO UPDATE
         SET used = window_usage.used + excluded.used, held = window_usage.held + excluded.held
 ), per AS (
     INSERT INTO period_usage (payer_id, what, start, used, held)
-    SELECT * FROM unnest($23::text[], $24::text[], $25::float8[], $26::bigint[], $27::bigint[])
+    SELECT * FROM unnest({n[19]}::text[], {n[20]}::text[], {n[21]}::float8[], {n[22]}::bigint[], {n[23]}::bigint[])
+        {gate}
     ON CONFLICT (payer_id, what, start) DO UPDATE
         SET used = period_usage.used + excluded.used, held = period_usage.held + excluded.held
+)"""
+
+
+_CALL_PAID = (
+    "UPDATE calls SET paid_json = $2, explanation = $3,"
+    " needs_reconciliation = CASE WHEN $4 > needs_reconciliation THEN $4 ELSE needs_reconciliation END WHERE id = $1"
+)
+
+_FLUSH_PG = f"""
+WITH resolved AS (
+    UPDATE transfers SET state = $1 WHERE $1::text IS NOT NULL AND call_id = $2 AND kind = 'hold'
+        AND credit_account = $3 AND state = 'pending'
+), {funding_ctes(4)}, paid AS (
+    UPDATE calls SET paid_json = $29, explanation = $30,
+        needs_reconciliation = GREATEST(needs_reconciliation, $31::int)
+    WHERE $28::text IS NOT NULL AND id = $28
 )
 SELECT 1
 """
@@ -449,6 +474,7 @@ class Writes:
     windows: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
     periods: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
     resolve: tuple[str, str, str] | None = None  # (new state, call id, key account) of the funding holds
+    call: tuple[str, str, str, int] | None = None  # (call id, paid_json, explanation, flag for reconciliation)
 
     def account(self, account: str, **deltas: int) -> None:
         row = self.accounts.setdefault(account, [0, 0, 0, 0])
@@ -473,9 +499,11 @@ class Writes:
             await self._flush_one_statement(tx)
         else:
             await self._flush_each(tx)
-        self.accounts, self.transfers, self.windows, self.periods, self.resolve = {}, [], {}, {}, None
+        self.accounts, self.transfers, self.windows, self.periods, self.resolve, self.call = {}, [], {}, {}, None, None
 
     async def _flush_each(self, tx: Tx) -> None:
+        if self.call is not None:
+            await tx.execute(_CALL_PAID, *self.call)
         if self.resolve is not None:
             await tx.execute(
                 "UPDATE transfers SET state = $1 WHERE call_id = $2 AND kind = 'hold' AND credit_account = $3"
@@ -494,18 +522,17 @@ class Writes:
                 await _count(tx, table, keycols, key, used, held)
 
     async def _flush_one_statement(self, tx: Tx) -> None:
-        if not (self.resolve or self.accounts or self.transfers or self.windows or self.periods):
+        if not (self.resolve or self.call or self.accounts or self.transfers or self.windows or self.periods):
             return
         state, call_id, key = self.resolve or (None, "", "")
-        accounts = list(self.accounts.items())
+        await tx.execute(_FLUSH_PG, state, call_id, key, *self.arrays(), *(self.call or (None, None, None, 0)))
+
+    def arrays(self) -> list[list[object]]:
+        """The 24 arrays of :func:`funding_ctes`, in order."""
+        accounts = [(a, *row) for a, row in self.accounts.items()]
         windows = [(*k, *v) for k, v in self.windows.items()]
         periods = [(*k, *v) for k, v in self.periods.items()]
-        await tx.execute(
-            _FLUSH_PG,
-            state, call_id, key,
-            [a for a, _ in accounts], *([r[i] for _, r in accounts] for i in range(4)),
-            *_columns(self.transfers, 9), *_columns(windows, 5), *_columns(periods, 5),
-        )  # fmt: skip
+        return [*_columns(accounts, 5), *_columns(self.transfers, 9), *_columns(windows, 5), *_columns(periods, 5)]
 
 
 def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
@@ -520,6 +547,7 @@ class FundingHold:
     held: HeldFunding | None
     refusal: Refusal | None = None
     funding: Funding | None = None
+    writes: Writes | None = None  # what the hold wrote, or is to write (``flush=False``)
 
     @property
     def json(self) -> str:
@@ -557,7 +585,15 @@ class FundingHold:
 
 
 async def hold_funding(
-    tx: Tx, call_id: str, payer_id: str, key_account: str, size: Size, now: float, *, credit_key: bool = True
+    tx: Tx,
+    call_id: str,
+    payer_id: str,
+    key_account: str,
+    size: Size,
+    now: float,
+    *,
+    credit_key: bool = True,
+    flush: bool = True,
 ) -> FundingHold:
     """Place a call's worst case on the payer's buckets in burn order (or refuse), atomically with the call."""
     payer = await load_payer(tx, payer_id, lock=True)
@@ -583,8 +619,9 @@ async def hold_funding(
         w.account(key_account, credits_pending=result.total)
     _count_windows(w, payer_id, result.windows)
     _count_periods(w, payer_id, held, result, None)
-    await w.flush(tx)
-    return FundingHold(held)
+    if flush:  # else the caller writes them in its own statement (``writes``)
+        await w.flush(tx)
+    return FundingHold(held, writes=w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,12 +669,18 @@ async def settle_funding(
         w.account(key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
     _count_windows(w, payer_id, alloc.windows, d.paid.windows)
     _count_periods(w, payer_id, held, alloc, d.paid)
+    if d.unplaced == 0:  # the usual case: the explanation, then every write in one go (one statement on PostgreSQL)
+        done = FundingSettled(d.paid, 0, await explanation(tx, payer_id, d.paid, held, w), *held.starts)
+        w.call = (call_id, paid_json(done), done.explanation, 0)
+        await w.flush(tx)
+        return done
     await w.flush(tx)
     extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now, credit_key)
-    portions = d.paid.portions + extra.portions
-    paid_all = Allocation(portions, d.paid.windows)
-    why = await explanation(tx, payer_id, paid_all, held)
-    return FundingSettled(paid_all, overrun, why, held.spill_start, held.overage_start)
+    paid_all = Allocation(d.paid.portions + extra.portions, d.paid.windows)
+    done = FundingSettled(paid_all, overrun, await explanation(tx, payer_id, paid_all, held), *held.starts)
+    w.call = (call_id, paid_json(done), done.explanation, int(overrun > 0))
+    await w.flush(tx)
+    return done
 
 
 async def _place_unplaced(
@@ -694,12 +737,17 @@ async def window_states(
     return out
 
 
-async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding) -> str:
+async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding, pending: Writes | None = None) -> str:
+    """The payment's sentence, with each window as it stands after it (``pending``: writes not yet made)."""
     payer = await load_payer(tx, payer_id, lock=False) if held.allocation.windows else None
     specs = payer.plan.windows if payer else ()
     periods = {w.name: (w.start, True) for w in held.allocation.windows}
     specs = tuple(s for s in specs if s.name in periods)
     states = await window_states(tx, payer_id, specs, periods)
+    if pending is not None:
+        for i, st in enumerate(states):
+            used, hold = pending.windows.get((payer_id, st.name, periods[st.name][0]), (0, 0))
+            states[i] = replace(st, used=st.used + used, held=st.held + hold)
     reasons = {}
     grant_ids = [p.source for p in paid.portions if p.bucket is BucketKind.GRANTS]
     for gid in grant_ids:

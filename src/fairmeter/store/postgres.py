@@ -33,7 +33,7 @@ import asyncpg
 from fairmeter.ledger.funding import Size
 from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState, check_hold
 from fairmeter.money import Nano
-from fairmeter.store.funding_sql import hold_funding, paid_json, settle_funding
+from fairmeter.store.funding_sql import funding_ctes, hold_funding, settle_funding
 from fairmeter.store.pg_migrations import apply_migrations
 from fairmeter.store.pg_tx import Conn, PgTx
 from fairmeter.store.protocol import CallPage, LapsedCall, Store
@@ -96,6 +96,11 @@ payee AS (
 )
 SELECT EXISTS (SELECT FROM hold) AS held, EXISTS (SELECT FROM claim) AS claimed
 """
+
+# The same, with the funding leg's writes (store/funding_sql.py) applied only if the hold did.
+_HOLD_FUNDED = _HOLD.replace(
+    "\nSELECT EXISTS", ",\n" + funding_ctes(20, "WHERE EXISTS (SELECT FROM hold)") + "\nSELECT EXISTS"
+)
 
 # Why a hold did not apply, read in one snapshot: a live Idempotency-Key (in flight or settled, with its
 # stored response) comes first, as in SQLite; else the account's numbers for the refusal.
@@ -330,13 +335,10 @@ class PostgresStore:
         """Run ``op`` in a transaction: its own (``batch=False``) or one shared by every operation queued
         meanwhile in this process (group commit). ``op`` gets the connection and the provider shard to credit."""
         if not self.batch:
-            async with (await self.pool()).acquire() as conn:
-                shard = secrets.randbelow(PROVIDER_SHARDS)
-                if call_id is None:  # a hold: its savepoint is a transaction of its own, and locks its payer first
-                    return await op(conn, shard)
-                async with conn.transaction():
+            async with (await self.pool()).acquire() as conn, conn.transaction():
+                if call_id is not None:  # a hold locks its payer itself, first
                     await _lock_payers(conn, [], [call_id])
-                    return await op(conn, shard)
+                return await op(conn, secrets.randbelow(PROVIDER_SHARDS))
         if self._committer is None:
             self._committer = _GroupCommit(self)
         return await self._committer.run(payer_id, call_id, op)
@@ -391,15 +393,10 @@ class PostgresStore:
             row = await conn.fetchrow(_FINISH, *args, str(shard))
             if row is None:
                 return 0
-            if row["funding_json"] is not None:
-                fs = await settle_funding(
+            if row["funding_json"] is not None:  # also writes the call's paid_json and explanation
+                await settle_funding(
                     PgTx(conn), call_id, row["payer_id"], row["debit"], row["funding_json"], Size(actual, end.tokens),
                     now, void=void, credit_key=False,
-                )  # fmt: skip
-                await conn.execute(
-                    "UPDATE calls SET paid_json = $1, explanation = $2,"
-                    " needs_reconciliation = GREATEST(needs_reconciliation, $3) WHERE id = $4",
-                    paid_json(fs), fs.explanation, int(fs.overrun > 0), call_id,
                 )  # fmt: skip
             return int(row["overrun"] or 0)
 
@@ -501,32 +498,41 @@ class PostgresStore:
 
 
 async def _hold(conn: Conn, call: CallStart, ttl_s: int, account: str, shard: int) -> HoldOutcome | None:
-    """The hold, inside the caller's transaction (as a savepoint of its own): the payer's buckets, then the
-    key's cap, the idempotency claim and the call row. Undone, returning None, when the cap or a live
-    Idempotency-Key stopped it, or returning ``unfunded`` when the payer's buckets did."""
+    """The hold, inside the caller's transaction: the payer's buckets read under its lock, then one statement
+    that writes the spend leg and, only if that applied, the funding leg. None when the key's cap or a live
+    Idempotency-Key stopped it (nothing written); ``unfunded`` when the payer's buckets did."""
     args = (
         call.id, call.key_id, call.provider, call.api, call.model, int(call.stream), call.reserved, call.estimate,
         call.prices_json, call.price_source, call.idempotency_key, call.lease_owner, call.lease_expires_at,
         call.started_at, account, f"provider:{call.provider}/{shard}", ttl_s,
     )  # fmt: skip
+    if call.idempotency_key is None:
+        return await _hold_once(conn, call, args, account)
     try:
-        async with conn.transaction():
-            funding_json = None
-            if call.payer_id is not None:
-                size = Size(call.reserved, call.tokens)
-                fh = await hold_funding(
-                    PgTx(conn), call.id, call.payer_id, account, size, call.started_at, credit_key=False
-                )
-                if fh.refusal is not None:
-                    raise _Rollback(fh.refused())
-                funding_json = fh.json
-            row = await conn.fetchrow(_HOLD, *args, call.payer_id, funding_json)
-            if row is None or not row["held"] or (call.idempotency_key is not None and not row["claimed"]):
+        async with conn.transaction():  # a savepoint: a claim lost to a live key undoes the whole statement
+            outcome = await _hold_once(conn, call, args, account)
+            if outcome is None:
                 raise _Rollback(None)
-            return HoldOutcome("held")
-    except _Rollback as undone:
-        result: HoldOutcome | None = undone.args[0]
-        return result
+            return outcome
+    except _Rollback:
+        return None
+
+
+async def _hold_once(conn: Conn, call: CallStart, args: tuple[Any, ...], account: str) -> HoldOutcome | None:
+    if call.payer_id is None:
+        row = await conn.fetchrow(_HOLD, *args, None, None)
+    else:
+        size = Size(call.reserved, call.tokens)
+        fh = await hold_funding(
+            PgTx(conn), call.id, call.payer_id, account, size, call.started_at, credit_key=False, flush=False
+        )
+        if fh.refusal is not None:
+            return fh.refused()
+        assert fh.writes is not None
+        row = await conn.fetchrow(_HOLD_FUNDED, *args, call.payer_id, fh.json, *fh.writes.arrays())
+    if row is None or not row["held"] or (call.idempotency_key is not None and not row["claimed"]):
+        return None
+    return HoldOutcome("held")
 
 
 PROVIDER_SHARDS = 16
@@ -559,7 +565,8 @@ class _GroupCommit:
     one (up to ``MAX_BATCH``; ``RUNNERS`` transactions at once, each on its own connection).
 
     A batch locks its payers first, in id order, and credits one provider shard, so batches of different
-    processes never deadlock. Each hold is a savepoint, so one that does not fit is undone alone. If an
+    processes never deadlock. A hold writes nothing unless it fits (one statement, gated on the cap; a
+    savepoint when an Idempotency-Key may be lost to a live call), so one that does not fit is undone alone. If an
     operation raises, the batch is rolled back and its operations are run one transaction each, so only
     the failing one fails.
     """

@@ -34,7 +34,7 @@ from fairmeter.ledger.model import (
 )
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter
-from fairmeter.store.funding_sql import hold_funding, paid_json, settle_funding
+from fairmeter.store.funding_sql import hold_funding, settle_funding
 from fairmeter.store.migrations import apply_migrations
 from fairmeter.store.protocol import CallPage, LapsedCall
 from fairmeter.store.records import (
@@ -419,13 +419,8 @@ class SQLiteStore:
         self, call_id: str, payer_id: str, account: str, held: str, actual: Size, now: float, void: bool
     ) -> None:
         """Draw the cost from the buckets that held it, in burn order; record who paid and why."""
-        tx = SQLiteTx(self.db)
-        fs = run_now(settle_funding(tx, call_id, payer_id, account, held, actual, now, void=void, credit_key=False))
-        self.db.execute(
-            "UPDATE calls SET paid_json = ?, explanation = ?, needs_reconciliation = needs_reconciliation OR ?"
-            " WHERE id = ?",
-            (paid_json(fs), fs.explanation, int(fs.overrun > 0), call_id),
-        )
+        tx = SQLiteTx(self.db)  # the settlement also writes the call's paid_json and explanation
+        run_now(settle_funding(tx, call_id, payer_id, account, held, actual, now, void=void, credit_key=False))
 
     def _settle_idempotency(self, call_id: str, key_id: str, idem_key: str, end: CallEnd, void: bool) -> None:
         """A voided call frees its idempotency key; a settled one keeps its response for replays."""
