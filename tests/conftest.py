@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from tests.sync_store import SyncStore
 
 from fairmeter.config import Config, parse_config
@@ -16,6 +17,10 @@ from fairmeter.store.protocol import CallPage
 from fairmeter.testing import EmulatorServer
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"
+
+# No per-example deadline: hypothesis' default (200 ms) is a timed assertion, and this machine is shared and noisy.
+settings.register_profile("fairmeter", deadline=None)
+settings.load_profile("fairmeter")
 
 
 @pytest.fixture(scope="session")
