@@ -220,16 +220,21 @@ class Payer:
     switches: Switches
 
 
+PAYER_COLUMNS = "payers.id, payers.org_id, payers.user_id, payers.switches_json, plans.spec_json"
+
+
 async def load_payer(tx: Tx, payer_id: str, lock: bool) -> Payer | None:
     """The payer, its plan and its switches (the plan's defaults under the payer's own settings)."""
     suffix = " FOR UPDATE OF payers" if lock and tx.dialect == "postgres" else ""
     row = await tx.fetchrow(
-        "SELECT payers.id, payers.org_id, payers.user_id, payers.switches_json, plans.spec_json"
-        " FROM payers JOIN plans ON plans.name = payers.plan WHERE payers.id = $1" + suffix,
+        f"SELECT {PAYER_COLUMNS} FROM payers JOIN plans ON plans.name = payers.plan WHERE payers.id = $1" + suffix,
         payer_id,
     )
-    if row is None:
-        return None
+    return None if row is None else payer_from_row(row)
+
+
+def payer_from_row(row: Row) -> Payer:
+    """A :class:`Payer` from a row of ``PAYER_COLUMNS``."""
     plan = plan_of(row["spec_json"])
     return Payer(row["id"], row["org_id"], row["user_id"], plan, _switches(row["switches_json"], plan))
 
@@ -594,9 +599,11 @@ async def hold_funding(
     *,
     credit_key: bool = True,
     flush: bool = True,
+    payer: Payer | None = None,
 ) -> FundingHold:
     """Place a call's worst case on the payer's buckets in burn order (or refuse), atomically with the call."""
-    payer = await load_payer(tx, payer_id, lock=True)
+    if payer is None:  # else the caller read (and locked) it already
+        payer = await load_payer(tx, payer_id, lock=True)
     if payer is None:
         raise LookupError(f"no payer {payer_id}")
     funding = await load_funding(tx, payer, now)

@@ -33,7 +33,14 @@ import asyncpg
 from fairmeter.ledger.funding import Size
 from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState, check_hold
 from fairmeter.money import Nano
-from fairmeter.store.funding_sql import funding_ctes, hold_funding, settle_funding
+from fairmeter.store.funding_sql import (
+    PAYER_COLUMNS,
+    Payer,
+    funding_ctes,
+    hold_funding,
+    payer_from_row,
+    settle_funding,
+)
 from fairmeter.store.pg_migrations import apply_migrations
 from fairmeter.store.pg_tx import Conn, PgTx
 from fairmeter.store.protocol import CallPage, LapsedCall, Store
@@ -315,7 +322,9 @@ class PostgresStore:
         account = f"key:{call.key_id}"
         while True:
             outcome = await self._batched(
-                call.payer_id, None, lambda conn, shard: _hold(conn, call, idempotency_ttl_s, account, shard)
+                call.payer_id,
+                None,
+                lambda conn, shard, payers: _hold(conn, call, idempotency_ttl_s, account, shard, payers),
             )
             if outcome is not None and outcome.kind == "held":
                 return outcome
@@ -330,15 +339,19 @@ class PostgresStore:
                 return blocked
 
     async def _batched(
-        self, payer_id: str | None, call_id: str | None, op: Callable[[Conn, int], Coroutine[Any, Any, T]]
+        self,
+        payer_id: str | None,
+        call_id: str | None,
+        op: Callable[[Conn, int, dict[str, Payer]], Coroutine[Any, Any, T]],
     ) -> T:
         """Run ``op`` in a transaction: its own (``batch=False``) or one shared by every operation queued
         meanwhile in this process (group commit). ``op`` gets the connection and the provider shard to credit."""
         if not self.batch:
             async with (await self.pool()).acquire() as conn, conn.transaction():
+                payers = {}
                 if call_id is not None:  # a hold locks its payer itself, first
-                    await _lock_payers(conn, [], [call_id])
-                return await op(conn, secrets.randbelow(PROVIDER_SHARDS))
+                    payers = await _lock_payers(conn, [], [call_id])
+                return await op(conn, secrets.randbelow(PROVIDER_SHARDS), payers)
         if self._committer is None:
             self._committer = _GroupCommit(self)
         return await self._committer.run(payer_id, call_id, op)
@@ -389,7 +402,7 @@ class PostgresStore:
             int(sr.stream) if sr else None,
         )  # fmt: skip
 
-        async def op(conn: Conn, shard: int) -> Nano:
+        async def op(conn: Conn, shard: int, _payers: dict[str, Payer]) -> Nano:
             row = await conn.fetchrow(_FINISH, *args, str(shard))
             if row is None:
                 return 0
@@ -497,7 +510,9 @@ class PostgresStore:
         return [dict(r) for r in rows]
 
 
-async def _hold(conn: Conn, call: CallStart, ttl_s: int, account: str, shard: int) -> HoldOutcome | None:
+async def _hold(
+    conn: Conn, call: CallStart, ttl_s: int, account: str, shard: int, payers: dict[str, Payer]
+) -> HoldOutcome | None:
     """The hold, inside the caller's transaction: the payer's buckets read under its lock, then one statement
     that writes the spend leg and, only if that applied, the funding leg. None when the key's cap or a live
     Idempotency-Key stopped it (nothing written); ``unfunded`` when the payer's buckets did."""
@@ -506,11 +521,12 @@ async def _hold(conn: Conn, call: CallStart, ttl_s: int, account: str, shard: in
         call.prices_json, call.price_source, call.idempotency_key, call.lease_owner, call.lease_expires_at,
         call.started_at, account, f"provider:{call.provider}/{shard}", ttl_s,
     )  # fmt: skip
+    payer = payers.get(call.payer_id) if call.payer_id else None  # read (and locked) by the batch, when batched
     if call.idempotency_key is None:
-        return await _hold_once(conn, call, args, account)
+        return await _hold_once(conn, call, args, account, payer)
     try:
         async with conn.transaction():  # a savepoint: a claim lost to a live key undoes the whole statement
-            outcome = await _hold_once(conn, call, args, account)
+            outcome = await _hold_once(conn, call, args, account, payer)
             if outcome is None:
                 raise _Rollback(None)
             return outcome
@@ -518,14 +534,17 @@ async def _hold(conn: Conn, call: CallStart, ttl_s: int, account: str, shard: in
         return None
 
 
-async def _hold_once(conn: Conn, call: CallStart, args: tuple[Any, ...], account: str) -> HoldOutcome | None:
+async def _hold_once(
+    conn: Conn, call: CallStart, args: tuple[Any, ...], account: str, payer: Payer | None
+) -> HoldOutcome | None:
     if call.payer_id is None:
         row = await conn.fetchrow(_HOLD, *args, None, None)
     else:
         size = Size(call.reserved, call.tokens)
         fh = await hold_funding(
-            PgTx(conn), call.id, call.payer_id, account, size, call.started_at, credit_key=False, flush=False
-        )
+            PgTx(conn), call.id, call.payer_id, account, size, call.started_at, credit_key=False, flush=False,
+            payer=payer,
+        )  # fmt: skip
         if fh.refusal is not None:
             return fh.refused()
         assert fh.writes is not None
@@ -540,23 +559,27 @@ MAX_BATCH = 64
 RUNNERS = 8
 
 
-async def _lock_payers(conn: Conn, payer_ids: list[str], call_ids: list[str]) -> None:
-    """Lock the payers of a transaction's operations first, in id order: every transaction that touches a
-    payer's rows takes that payer's lock first, so two transactions never wait for each other in a cycle."""
-    if payer_ids or call_ids:
-        await conn.execute(
-            "SELECT id FROM payers WHERE id = ANY($1::text[])"
-            " OR id IN (SELECT payer_id FROM calls WHERE id = ANY($2::text[])) ORDER BY id FOR UPDATE",
-            sorted(set(payer_ids)),
-            call_ids,
-        )
+async def _lock_payers(conn: Conn, payer_ids: list[str], call_ids: list[str]) -> dict[str, Payer]:
+    """Lock the payers of a transaction's operations first, in id order (every transaction that touches a
+    payer's rows takes that payer's lock first, so two transactions never wait for each other in a cycle),
+    and read them in the same statement: the holds of the batch then need no read of their own."""
+    if not (payer_ids or call_ids):
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {PAYER_COLUMNS} FROM payers JOIN plans ON plans.name = payers.plan"
+        " WHERE payers.id = ANY($1::text[]) OR payers.id IN (SELECT payer_id FROM calls WHERE id = ANY($2::text[]))"
+        " ORDER BY payers.id FOR UPDATE OF payers",
+        sorted(set(payer_ids)),
+        call_ids,
+    )
+    return {r["id"]: payer_from_row(dict(r)) for r in rows}
 
 
 @dataclass
 class _Queued:
     payer_id: str | None
     call_id: str | None
-    op: Callable[[Conn, int], Coroutine[Any, Any, Any]]
+    op: Callable[[Conn, int, dict[str, Payer]], Coroutine[Any, Any, Any]]
     done: asyncio.Future[Any]
 
 
@@ -577,7 +600,10 @@ class _GroupCommit:
         self.runners = 0
 
     async def run(
-        self, payer_id: str | None, call_id: str | None, op: Callable[[Conn, int], Coroutine[Any, Any, T]]
+        self,
+        payer_id: str | None,
+        call_id: str | None,
+        op: Callable[[Conn, int, dict[str, Payer]], Coroutine[Any, Any, T]],
     ) -> T:
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self.queue.append(_Queued(payer_id, call_id, op, done))
@@ -611,9 +637,11 @@ class _GroupCommit:
     async def _commit(self, batch: list[_Queued]) -> list[Any]:
         pool = await self.store.pool()
         async with pool.acquire() as conn, conn.transaction():
-            await _lock_payers(conn, [b.payer_id for b in batch if b.payer_id], [b.call_id for b in batch if b.call_id])
+            payers = await _lock_payers(
+                conn, [b.payer_id for b in batch if b.payer_id], [b.call_id for b in batch if b.call_id]
+            )
             shard = secrets.randbelow(PROVIDER_SHARDS)
-            return [await item.op(conn, shard) for item in batch]
+            return [await item.op(conn, shard, payers) for item in batch]
 
     async def _alone(self, item: _Queued) -> None:
         try:
