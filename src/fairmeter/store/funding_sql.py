@@ -640,7 +640,7 @@ class FundingSettled:
     overage_start: float | None = None  # float-ok: seconds
 
 
-async def settle_funding(
+async def plan_settlement(
     tx: Tx,
     call_id: str,
     payer_id: str,
@@ -651,11 +651,11 @@ async def settle_funding(
     *,
     void: bool,
     credit_key: bool = True,
-) -> FundingSettled:
-    """Draw the real cost from the held buckets in order, release the rest; place what is left over.
+) -> tuple[Writes, FundingSettled | None, Draw, HeldFunding]:
+    """A settlement's writes, not yet made: the cost drawn from the held buckets in order, the rest released.
 
-    Every cent of the cost is placed (overruns included), so the key's account is credited exactly what its
-    spend leg posts: ``credit_key=False`` leaves that update to the caller, who folds it into its own.
+    The ``FundingSettled`` (with the call's explanation, in ``writes.call``) is there unless part of the cost
+    must be placed on current room first (``settle_funding`` does that); nothing is written here.
     """
     held = held_from_json(held_text)
     alloc = held.allocation
@@ -676,17 +676,40 @@ async def settle_funding(
         w.account(key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
     _count_windows(w, payer_id, alloc.windows, d.paid.windows)
     _count_periods(w, payer_id, held, alloc, d.paid)
-    if d.unplaced == 0:  # the usual case: the explanation, then every write in one go (one statement on PostgreSQL)
-        done = FundingSettled(d.paid, 0, await explanation(tx, payer_id, d.paid, held, w), *held.starts)
-        w.call = (call_id, paid_json(done), done.explanation, 0)
-        await w.flush(tx)
+    if d.unplaced:
+        return w, None, d, held
+    done = FundingSettled(d.paid, 0, await explanation(tx, payer_id, d.paid, held, w), *held.starts)
+    w.call = (call_id, paid_json(done), done.explanation, 0)
+    return w, done, d, held
+
+
+async def settle_funding(
+    tx: Tx,
+    call_id: str,
+    payer_id: str,
+    key_account: str,
+    held_text: str,
+    actual: Size,
+    now: float,
+    *,
+    void: bool,
+    credit_key: bool = True,
+) -> FundingSettled:
+    """Draw the real cost from the held buckets in order, release the rest; place what is left over.
+
+    Every cent of the cost is placed (overruns included), so the key's account is credited exactly what its
+    spend leg posts: ``credit_key=False`` leaves that update to the caller, who folds it into its own.
+    """
+    w, done, d, held = await plan_settlement(
+        tx, call_id, payer_id, key_account, held_text, actual, now, void=void, credit_key=credit_key
+    )
+    await w.flush(tx)  # one statement on PostgreSQL
+    if done is not None:
         return done
-    await w.flush(tx)
     extra, overrun = await _place_unplaced(tx, call_id, payer_id, key_account, d, now, credit_key)
     paid_all = Allocation(d.paid.portions + extra.portions, d.paid.windows)
     done = FundingSettled(paid_all, overrun, await explanation(tx, payer_id, paid_all, held), *held.starts)
-    w.call = (call_id, paid_json(done), done.explanation, int(overrun > 0))
-    await w.flush(tx)
+    await tx.execute(_CALL_PAID, call_id, paid_json(done), done.explanation, int(overrun > 0))
     return done
 
 

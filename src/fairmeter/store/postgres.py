@@ -39,6 +39,7 @@ from fairmeter.store.funding_sql import (
     funding_ctes,
     hold_funding,
     payer_from_row,
+    plan_settlement,
     settle_funding,
 )
 from fairmeter.store.pg_migrations import apply_migrations
@@ -130,7 +131,8 @@ WITH done AS (
     UPDATE calls SET status = $2, upstream_status = $3, usage_status = $4, usage_json = $5, cost_usd = $6,
         billed_nano = $7, estimated = $8, breakdown_json = $9, ended_at = $10, message = $11,
         overrun_nano = GREATEST(0, $7 - reserved_nano),
-        needs_reconciliation = ($12 OR $7 > reserved_nano)::int, lease_expires_at = NULL,
+        needs_reconciliation = ($12 OR $7 > reserved_nano OR $26::int = 1)::int, lease_expires_at = NULL,
+        paid_json = COALESCE($24, paid_json), explanation = COALESCE($25, explanation),
         prices_json = COALESCE($13, prices_json), price_source = COALESCE($14, price_source)
     WHERE id = $1 AND status = 'pending'
     RETURNING id, key_id, hold_id, reserved_nano, idempotency_key, payer_id, funding_json,
@@ -173,6 +175,16 @@ kept AS (
 )
 SELECT overrun, payer_id, funding_json, debit FROM done
 """
+# The same, with the funding leg's settlement (planned by the process that held the call) in the statement.
+_FINISH_FUNDED = _FINISH.replace(
+    "\nSELECT overrun,",
+    """, fresolved AS (
+    UPDATE transfers SET state = $27
+    WHERE call_id = $1 AND kind = 'hold' AND credit_account = $52 AND state = 'pending' AND EXISTS (SELECT FROM done)
+), """
+    + funding_ctes(28, "WHERE EXISTS (SELECT FROM done)")
+    + "\nSELECT overrun,",
+)
 
 _CREATE_KEY = """
 WITH k AS (
@@ -226,6 +238,8 @@ class PostgresStore:
         self._background: set[asyncio.Task[None]] = set()
         self.batch = batch  # False: one transaction per hold and per settlement (the naive baseline)
         self._committer: _GroupCommit | None = None
+        # Calls this process held, with their funding hold: settled in one statement (others in two).
+        self._held: dict[str, tuple[str, str, str]] = {}
 
     @classmethod
     def lazy(cls, url: str, now: float, *, batch: bool = True) -> PostgresStore:  # float-ok: seconds
@@ -324,7 +338,7 @@ class PostgresStore:
             outcome = await self._batched(
                 call.payer_id,
                 None,
-                lambda conn, shard, payers: _hold(conn, call, idempotency_ttl_s, account, shard, payers),
+                lambda conn, shard, payers: _hold(conn, call, idempotency_ttl_s, account, shard, payers, self._held),
             )
             if outcome is not None and outcome.kind == "held":
                 return outcome
@@ -402,8 +416,22 @@ class PostgresStore:
             int(sr.stream) if sr else None,
         )  # fmt: skip
 
+        held = self._held.pop(call_id, None)
+
         async def op(conn: Conn, shard: int, _payers: dict[str, Payer]) -> Nano:
-            row = await conn.fetchrow(_FINISH, *args, str(shard))
+            if held is not None:  # this process held it: the whole settlement is one statement
+                payer_id, funding_text, key = held
+                w, done, _, _ = await plan_settlement(
+                    PgTx(conn), call_id, payer_id, key, funding_text, Size(actual, end.tokens), now, void=void,
+                    credit_key=False,
+                )  # fmt: skip
+                if done is not None and w.call is not None and w.resolve is not None:
+                    row = await conn.fetchrow(
+                        _FINISH_FUNDED, *args, str(shard), w.call[1], w.call[2], w.call[3], w.resolve[0], *w.arrays(),
+                        key,
+                    )  # fmt: skip
+                    return 0 if row is None else int(row["overrun"] or 0)
+            row = await conn.fetchrow(_FINISH, *args, str(shard), None, None, 0)
             if row is None:
                 return 0
             if row["funding_json"] is not None:  # also writes the call's paid_json and explanation
@@ -511,7 +539,13 @@ class PostgresStore:
 
 
 async def _hold(
-    conn: Conn, call: CallStart, ttl_s: int, account: str, shard: int, payers: dict[str, Payer]
+    conn: Conn,
+    call: CallStart,
+    ttl_s: int,
+    account: str,
+    shard: int,
+    payers: dict[str, Payer],
+    held: dict[str, tuple[str, str, str]] | None = None,
 ) -> HoldOutcome | None:
     """The hold, inside the caller's transaction: the payer's buckets read under its lock, then one statement
     that writes the spend leg and, only if that applied, the funding leg. None when the key's cap or a live
@@ -523,10 +557,10 @@ async def _hold(
     )  # fmt: skip
     payer = payers.get(call.payer_id) if call.payer_id else None  # read (and locked) by the batch, when batched
     if call.idempotency_key is None:
-        return await _hold_once(conn, call, args, account, payer)
+        return await _hold_once(conn, call, args, account, payer, held)
     try:
         async with conn.transaction():  # a savepoint: a claim lost to a live key undoes the whole statement
-            outcome = await _hold_once(conn, call, args, account, payer)
+            outcome = await _hold_once(conn, call, args, account, payer, held)
             if outcome is None:
                 raise _Rollback(None)
             return outcome
@@ -535,7 +569,12 @@ async def _hold(
 
 
 async def _hold_once(
-    conn: Conn, call: CallStart, args: tuple[Any, ...], account: str, payer: Payer | None
+    conn: Conn,
+    call: CallStart,
+    args: tuple[Any, ...],
+    account: str,
+    payer: Payer | None,
+    held: dict[str, tuple[str, str, str]] | None = None,
 ) -> HoldOutcome | None:
     if call.payer_id is None:
         row = await conn.fetchrow(_HOLD, *args, None, None)
@@ -549,6 +588,8 @@ async def _hold_once(
             return fh.refused()
         assert fh.writes is not None
         row = await conn.fetchrow(_HOLD_FUNDED, *args, call.payer_id, fh.json, *fh.writes.arrays())
+        if row is not None and row["held"] and held is not None:
+            held[call.id] = (call.payer_id, fh.json, account)
     if row is None or not row["held"] or (call.idempotency_key is not None and not row["claimed"]):
         return None
     return HoldOutcome("held")
