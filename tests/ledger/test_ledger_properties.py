@@ -1,18 +1,23 @@
-"""Money-path properties of the ledger, on a real SQLite file."""
+"""Money-path properties of the ledger, on a real SQLite file and on the real PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-import tempfile
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairmeter.ledger.model import check_hold, settlement_for
 from fairmeter.ledger.verify import verify_books
-from fairmeter.store.records import CallEnd, CallStart
+from fairmeter.store import open_store
+from fairmeter.store.records import DEFAULT_PAYER, CallEnd, CallStart
 from fairmeter.store.sqlite import SQLiteStore
+
+pytest_plugins = ("tests.pg",)
 
 amounts = st.integers(min_value=0, max_value=10**12)
 
@@ -52,6 +57,7 @@ def _start(call_id: str, key_id: str, reserved: int, now: float) -> CallStart:
         started_at=now,
         lease_owner="gw_test",
         lease_expires_at=now + 60,
+        payer_id=DEFAULT_PAYER,
     )
 
 
@@ -66,14 +72,25 @@ op = st.tuples(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(cap=st.integers(min_value=0, max_value=20_000), ops=st.lists(op, max_size=40))
-def test_books_balance_and_caps_hold_after_any_sequence(cap: int, ops: list[tuple[str, int, int]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(_run_sequence(SQLiteStore(f"sqlite:///{Path(tmp) / 'l.db'}", 0.0), cap, ops))
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_books_balance_and_caps_hold_after_any_sequence(backend: str, request: pytest.FixtureRequest) -> None:
+    """On both backends, with the funding leg (the default payer's pay-as-you-go overage) on every call."""
+    if backend == "postgres":
+        make_url: Callable[[], str] = request.getfixturevalue("new_pg_url")
+    else:
+        tmp = request.getfixturevalue("tmp_path")
+        make_url = lambda: f"sqlite:///{tmp / secrets.token_hex(4)}.db"  # noqa: E731
+
+    @settings(max_examples=60 if backend == "sqlite" else 20, deadline=None)
+    @given(cap=st.integers(min_value=0, max_value=20_000), ops=st.lists(op, max_size=40))
+    def sequences(cap: int, ops: list[tuple[str, int, int]]) -> None:
+        asyncio.run(_run_sequence(make_url(), cap, ops))
+
+    sequences()
 
 
-async def _run_sequence(store: SQLiteStore, cap: int, ops: list[tuple[str, int, int]]) -> None:
+async def _run_sequence(url: str, cap: int, ops: list[tuple[str, int, int]]) -> None:
+    store = open_store(url, 0.0)
     """Each operation its own committed unit; after each, the books balance and the cap holds."""
     key, _ = await store.create_key("k", cap, False, 0.0)
     pending: list[tuple[str, int]] = []
