@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 WEEK_S = 7 * 86_400
 _MONDAY_1970 = 4 * 86_400  # 1970-01-05 00:00 UTC, the first Monday after the epoch
@@ -101,7 +102,13 @@ def period_bounds(period: Period, now: float) -> tuple[float, float | None]:  # 
     if period is Period.WEEK:
         start = _MONDAY_1970 + math.floor((now - _MONDAY_1970) / WEEK_S) * WEEK_S
         return float(start), float(start + WEEK_S)
-    day = datetime.fromtimestamp(now, tz=UTC)
+    return _month_of_day(math.floor(now / 86_400))
+
+
+@lru_cache(maxsize=64)
+def _month_of_day(day_number: int) -> tuple[float, float | None]:  # float-ok: seconds
+    """The calendar month containing UTC day ``day_number`` (days since the epoch); every call asks it."""
+    day = datetime.fromtimestamp(day_number * 86_400, tz=UTC)
     first = datetime(day.year, day.month, 1, tzinfo=UTC)
     nxt = datetime(day.year + (day.month == 12), day.month % 12 + 1, 1, tzinfo=UTC)
     return first.timestamp(), nxt.timestamp()

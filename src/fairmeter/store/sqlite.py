@@ -34,7 +34,7 @@ from fairmeter.ledger.model import (
 )
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter
-from fairmeter.store.funding_sql import hold_funding, settle_funding
+from fairmeter.store.funding_sql import Writes, hold_funding, plan_settlement, settle_funding
 from fairmeter.store.migrations import apply_migrations
 from fairmeter.store.protocol import CallPage, LapsedCall
 from fairmeter.store.records import (
@@ -88,6 +88,8 @@ class SQLiteStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         apply_migrations(self.db, now)
         self.committer = GroupCommitter(self.transaction, batch)
+        # Calls this process held, with their funding hold: settled with one fewer statement.
+        self._held: dict[str, tuple[str, str, str]] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -301,6 +303,7 @@ class SQLiteStore:
                 self._free_idempotency(call)
                 return fh.refused()
             funding_json = fh.json
+            self._held[call.id] = (call.payer_id, funding_json, account)
         self._credit(provider, call.reserved, 0)
         hold = db.execute(
             "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)"
@@ -363,18 +366,31 @@ class SQLiteStore:
         """
         db = self.db
         actual = 0 if void else end.billed
+        # A call this process held: its funding settlement is planned first, so the call's record takes the
+        # explanation in the same update (else it is settled after, from the record's funding hold).
+        planned: Writes | None = None
+        held = self._held.pop(call_id, None)
+        if held is not None:
+            planned, done, _, _ = run_now(
+                plan_settlement(SQLiteTx(db), call_id, held[0], held[2], held[1], Size(actual, end.tokens), now,
+                                void=void, credit_key=False)
+            )  # fmt: skip
+            if done is None:
+                planned = None
+        paid = planned.call if planned is not None else None
         row = db.execute(
             "UPDATE calls SET status = ?1, upstream_status = ?2, usage_status = ?3, usage_json = ?4, cost_usd = ?5,"
             " billed_nano = ?6, estimated = ?7, breakdown_json = ?8, ended_at = ?9, message = ?10,"
             " overrun_nano = MAX(0, ?6 - reserved_nano),"
             " needs_reconciliation = (?11 OR ?6 > reserved_nano), lease_expires_at = NULL,"
-            " prices_json = COALESCE(?13, prices_json), price_source = COALESCE(?14, price_source)"
+            " prices_json = COALESCE(?13, prices_json), price_source = COALESCE(?14, price_source),"
+            " paid_json = COALESCE(?15, paid_json), explanation = COALESCE(?16, explanation)"
             " WHERE id = ?12 AND status = 'pending'"
             " RETURNING key_id, provider, hold_id, reserved_nano, idempotency_key, payer_id, funding_json",
             (
                 end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
                 int(end.estimated), end.breakdown_json, end.ended_at, end.message, int(needs_reconciliation),
-                call_id, end.prices_json, end.price_source,
+                call_id, end.prices_json, end.price_source, paid[1] if paid else None, paid[2] if paid else None,
             ),
         ).fetchone()  # fmt: skip
         if row is None:
@@ -407,7 +423,10 @@ class SQLiteStore:
             (held, actual, debit, held if funded else 0, actual if funded else 0),
         )
         self._credit(credit, -held, actual)
-        if row["funding_json"] is not None:
+        if planned is not None:
+            planned.call = None  # already in the update above
+            run_now(planned.flush(SQLiteTx(db)))
+        elif row["funding_json"] is not None:
             self._settle_funding(
                 call_id, row["payer_id"], debit, row["funding_json"], Size(actual, end.tokens), now, void
             )
