@@ -109,7 +109,12 @@ def measure(url: str, keys: list[tuple[str, str]], replicas: int, concurrency: i
         return asyncio.run(load(url, keys, concurrency, seconds, batch))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_replica, args=(url, keys, concurrency, seconds, batch, out)) for _ in range(replicas)]
+    # Each replica starts its workers at its own payer, so 4 replicas × 16 workers cover 64 payers.
+    procs = [
+        ctx.Process(target=_replica, args=(url, keys[r * concurrency :] + keys[: r * concurrency], concurrency,
+                                           seconds, batch, out))
+        for r in range(replicas)
+    ]  # fmt: skip
     for p in procs:
         p.start()
     total = sum(out.get(timeout=seconds + 120) for _ in procs)
