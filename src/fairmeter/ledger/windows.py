@@ -98,10 +98,10 @@ def period_bounds(period: Period, now: float) -> tuple[float, float | None]:  # 
         return 0.0, None
     if period is Period.DAY:
         start = math.floor(now / 86_400) * 86_400
-        return float(start), float(start + 86_400)
+        return float(start), float(start + 86_400)  # float-ok: seconds
     if period is Period.WEEK:
         start = _MONDAY_1970 + math.floor((now - _MONDAY_1970) / WEEK_S) * WEEK_S
-        return float(start), float(start + WEEK_S)
+        return float(start), float(start + WEEK_S)  # float-ok: seconds
     return _month_of_day(math.floor(now / 86_400))
 
 
