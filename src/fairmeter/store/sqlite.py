@@ -34,7 +34,7 @@ from fairmeter.ledger.model import (
 )
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter
-from fairmeter.store.funding_sql import Writes, hold_funding, plan_settlement, settle_funding
+from fairmeter.store.funding_sql import Writes, add_to_account, hold_funding, plan_settlement, settle_funding
 from fairmeter.store.migrations import apply_migrations
 from fairmeter.store.protocol import CallPage, LapsedCall
 from fairmeter.store.records import (
@@ -161,17 +161,9 @@ class SQLiteStore:
 
     def _flush_credits(self) -> None:
         """Write the queued provider-account credits; runs inside the transaction, before COMMIT."""
+        tx = SQLiteTx(self.db)
         for account, (pending, posted) in self._credits.items():
-            cur = self.db.execute(
-                "UPDATE accounts SET credits_pending = credits_pending + ?, credits_posted = credits_posted + ?"
-                " WHERE id = ?",
-                (pending, posted, account),
-            )
-            if cur.rowcount == 0:
-                self.db.execute(
-                    "INSERT INTO accounts (id, credits_pending, credits_posted) VALUES (?, ?, ?)",
-                    (account, pending, posted),
-                )
+            run_now(add_to_account(tx, account, credits_pending=pending, credits_posted=posted))
         self._credits.clear()
 
     # ---- keys (each its own short transaction) --------------------------------------------------
