@@ -11,8 +11,10 @@ SQLite runs one writer at a time. So a hold computed from what was read is still
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import orjson
 
 from fairmeter.ledger.explain import WindowState, explain_payment, refusal_message, state_of
 from fairmeter.ledger.funding import (
@@ -341,14 +343,14 @@ async def load_funding(tx: Tx, payer: Payer, now: float) -> Funding:
 
 def allocation_json(a: Allocation, spill_start: float | None, overage_start: float | None) -> str:
     """What a settlement needs of its hold: the portions, the window periods, the cap periods."""
-    return json.dumps(
+    return orjson.dumps(
         {
             "portions": [[p.bucket.value, p.source, p.amount] for p in a.portions],
             "windows": [[w.name, w.start, w.amount, w.unit.value] for w in a.windows],
             "spill_start": spill_start,
             "overage_start": overage_start,
         }
-    )
+    ).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,8 +364,11 @@ class HeldFunding:
         return self.spill_start, self.overage_start
 
 
-def held_from_json(text: str) -> HeldFunding:
-    data = json.loads(text)
+def held_from_json(text: str | HeldFunding) -> HeldFunding:
+    """A funding hold from its JSON (as the call's record keeps it), or as it is when already parsed."""
+    if isinstance(text, HeldFunding):
+        return text
+    data = orjson.loads(text)
     return HeldFunding(
         Allocation(
             tuple(Portion(BucketKind(b), s, a) for b, s, a in data["portions"]),
@@ -412,37 +417,65 @@ def _count_periods(w: Writes, payer_id: str, held: HeldFunding, hold: Allocation
             w.count(w.periods, (payer_id, what, start), posts[i], -holds[i] if paid is not None else holds[i])
 
 
-def funding_ctes(first: int, gate: str = "") -> str:
-    """The funding leg's writes as data-modifying CTEs over arrays, parameters ``$first`` … ``$first+23``.
+_PARTS = (
+    # (name, table and columns, parameter types, conflict clause)
+    (
+        "acc",
+        "accounts (id, debits_pending, debits_posted, credits_pending, credits_posted)",
+        ("text", "bigint", "bigint", "bigint", "bigint"),
+        "ON CONFLICT (id) DO UPDATE SET debits_pending = accounts.debits_pending + excluded.debits_pending,"
+        " debits_posted = accounts.debits_posted + excluded.debits_posted,"
+        " credits_pending = accounts.credits_pending + excluded.credits_pending,"
+        " credits_posted = accounts.credits_posted + excluded.credits_posted",
+    ),
+    (
+        "moved",
+        "transfers (call_id, kind, debit_account, credit_account, amount, state, reason, ts, bucket)",
+        ("text", "text", "text", "text", "bigint", "text", "text", "float8", "text"),
+        "",
+    ),
+    (
+        "win",
+        "window_usage (payer_id, window_name, start, used, held)",
+        ("text", "text", "float8", "bigint", "bigint"),
+        "ON CONFLICT (payer_id, window_name, start) DO UPDATE"
+        " SET used = window_usage.used + excluded.used, held = window_usage.held + excluded.held",
+    ),
+    (
+        "per",
+        "period_usage (payer_id, what, start, used, held)",
+        ("text", "text", "float8", "bigint", "bigint"),
+        "ON CONFLICT (payer_id, what, start) DO UPDATE"
+        " SET used = period_usage.used + excluded.used, held = period_usage.held + excluded.held",
+    ),
+)
 
-    ``gate`` (e.g. ``WHERE EXISTS (SELECT FROM hold)``) makes them apply only when the statement's spend leg
-    did: then a hold is one statement on PostgreSQL, spend and funding together.
+Shape = tuple[int, int, int, int]
+
+
+@lru_cache(maxsize=256)
+def funding_ctes(shape: Shape, first: int, gate: str = "") -> str:
+    """The funding leg's writes as data-modifying CTEs, for ``shape`` rows (accounts, transfers, window and
+    period counters), with their values as parameters ``$first`` onwards, in :meth:`Writes.params` order.
+
+    Each shape has its own statement text (cached here; asyncpg prepares each once per connection): rows are
+    scalar parameters in a VALUES list and a part with no rows is left out, which costs the client no array
+    encoding and the server no empty INSERT. Returns text to append after a CTE (``, name AS (...)`` …), or
+    "" when there is nothing to write. ``gate`` (e.g. ``WHERE EXISTS (SELECT FROM hold)``) makes the writes
+    apply only when the statement's spend leg did: a hold is then one statement, spend and funding together.
     """
-    n = [f"${first + i}" for i in range(24)]
-    return f"""acc AS (
-    INSERT INTO accounts (id, debits_pending, debits_posted, credits_pending, credits_posted)
-    SELECT * FROM unnest({n[0]}::text[], {n[1]}::bigint[], {n[2]}::bigint[], {n[3]}::bigint[], {n[4]}::bigint[]) {gate}
-    ON CONFLICT (id) DO UPDATE SET debits_pending = accounts.debits_pending + excluded.debits_pending,
-        debits_posted = accounts.debits_posted + excluded.debits_posted,
-        credits_pending = accounts.credits_pending + excluded.credits_pending,
-        credits_posted = accounts.credits_posted + excluded.credits_posted
-), moved AS (
-    INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, reason, ts, bucket)
-    SELECT * FROM unnest({n[5]}::text[], {n[6]}::text[], {n[7]}::text[], {n[8]}::text[], {n[9]}::bigint[],
-        {n[10]}::text[], {n[11]}::text[], {n[12]}::float8[], {n[13]}::text[]) {gate}
-), win AS (
-    INSERT INTO window_usage (payer_id, window_name, start, used, held)
-    SELECT * FROM unnest({n[14]}::text[], {n[15]}::text[], {n[16]}::float8[], {n[17]}::bigint[], {n[18]}::bigint[])
-        {gate}
-    ON CONFLICT (payer_id, window_name, start) DO UPDATE
-        SET used = window_usage.used + excluded.used, held = window_usage.held + excluded.held
-), per AS (
-    INSERT INTO period_usage (payer_id, what, start, used, held)
-    SELECT * FROM unnest({n[19]}::text[], {n[20]}::text[], {n[21]}::float8[], {n[22]}::bigint[], {n[23]}::bigint[])
-        {gate}
-    ON CONFLICT (payer_id, what, start) DO UPDATE
-        SET used = period_usage.used + excluded.used, held = period_usage.held + excluded.held
-)"""
+    out = []
+    n = first
+    for rows, (name, target, types, conflict) in zip(shape, _PARTS, strict=True):
+        if not rows:
+            continue
+        values = []
+        for _ in range(rows):
+            values.append("(" + ", ".join(f"${n + i}::{t}" for i, t in enumerate(types)) + ")")
+            n += len(types)
+        out.append(f",\n{name} AS (\n    INSERT INTO {target}\n    SELECT * FROM (VALUES {', '.join(values)}) AS v"
+                   f" {gate}\n    {conflict}\n)")  # fmt: skip
+    return "".join(out)
 
 
 _CALL_PAID = (
@@ -450,17 +483,24 @@ _CALL_PAID = (
     " needs_reconciliation = CASE WHEN $4 > needs_reconciliation THEN $4 ELSE needs_reconciliation END WHERE id = $1"
 )
 
-_FLUSH_PG = f"""
+
+@lru_cache(maxsize=64)
+def _flush_pg(shape: Shape) -> str:
+    """A settlement's funding writes on PostgreSQL in one statement: the holds resolved, the writes of
+    ``shape``, the call's paid_json and explanation (parameters: state, call id, key account, call id or
+    NULL, paid_json, explanation, reconciliation flag, then :meth:`Writes.params`)."""
+    return f"""
 WITH resolved AS (
     UPDATE transfers SET state = $1 WHERE $1::text IS NOT NULL AND call_id = $2 AND kind = 'hold'
         AND credit_account = $3 AND state = 'pending'
-), {funding_ctes(4)}, paid AS (
-    UPDATE calls SET paid_json = $29, explanation = $30,
-        needs_reconciliation = GREATEST(needs_reconciliation, $31::int)
-    WHERE $28::text IS NOT NULL AND id = $28
-)
+), paid AS (
+    UPDATE calls SET paid_json = $5, explanation = $6,
+        needs_reconciliation = GREATEST(needs_reconciliation, $7::int)
+    WHERE $4::text IS NOT NULL AND id = $4
+){funding_ctes(shape, 8)}
 SELECT 1
 """
+
 
 _ACCOUNT_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
@@ -530,19 +570,26 @@ class Writes:
         if not (self.resolve or self.call or self.accounts or self.transfers or self.windows or self.periods):
             return
         state, call_id, key = self.resolve or (None, "", "")
-        await tx.execute(_FLUSH_PG, state, call_id, key, *self.arrays(), *(self.call or (None, None, None, 0)))
+        await tx.execute(_flush_pg(self.shape), state, call_id, key, *(self.call or (None, None, None, 0)),
+                         *self.params())  # fmt: skip
 
-    def arrays(self) -> list[list[object]]:
-        """The 24 arrays of :func:`funding_ctes`, in order."""
-        accounts = [(a, *row) for a, row in self.accounts.items()]
-        windows = [(*k, *v) for k, v in self.windows.items()]
-        periods = [(*k, *v) for k, v in self.periods.items()]
-        return [*_columns(accounts, 5), *_columns(self.transfers, 9), *_columns(windows, 5), *_columns(periods, 5)]
+    @property
+    def shape(self) -> Shape:
+        """How many rows of each part :func:`funding_ctes` writes."""
+        return len(self.accounts), len(self.transfers), len(self.windows), len(self.periods)
 
-
-def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
-    """Rows as ``width`` column lists (the arrays ``unnest`` takes)."""
-    return [[row[i] for row in rows] for i in range(width)]
+    def params(self) -> list[object]:
+        """The values of :func:`funding_ctes` for :attr:`shape`, row after row, in order."""
+        out: list[object] = []
+        for account, row in self.accounts.items():
+            out.append(account)
+            out += row
+        for transfer in self.transfers:
+            out += transfer
+        for counters in (self.windows, self.periods):
+            for key, (used, held) in counters.items():
+                out += (*key, used, held)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +603,7 @@ class FundingHold:
 
     @property
     def json(self) -> str:
+        """The hold as the call's record keeps it (``funding_json``)."""
         assert self.held is not None
         return allocation_json(self.held.allocation, self.held.spill_start, self.held.overage_start)
 
@@ -645,7 +693,7 @@ async def plan_settlement(
     call_id: str,
     payer_id: str,
     key_account: str,
-    held_text: str,
+    held_text: str | HeldFunding,
     actual: Size,
     now: float,
     *,
@@ -688,7 +736,7 @@ async def settle_funding(
     call_id: str,
     payer_id: str,
     key_account: str,
-    held_text: str,
+    held_text: str | HeldFunding,
     actual: Size,
     now: float,
     *,
@@ -788,7 +836,7 @@ async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding
 
 
 def paid_json(s: FundingSettled) -> str:
-    return json.dumps(
+    return orjson.dumps(
         {
             "portions": [[p.bucket.value, p.source, p.amount] for p in s.paid.portions],
             "windows": [[w.name, w.start, w.amount, w.unit.value] for w in s.paid.windows],
@@ -796,4 +844,4 @@ def paid_json(s: FundingSettled) -> str:
             "spill_start": s.spill_start,
             "overage_start": s.overage_start,
         }
-    )
+    ).decode()

@@ -26,6 +26,7 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -35,7 +36,9 @@ from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferStat
 from fairmeter.money import Nano
 from fairmeter.store.funding_sql import (
     PAYER_COLUMNS,
+    HeldFunding,
     Payer,
+    Shape,
     funding_ctes,
     hold_funding,
     payer_from_row,
@@ -105,10 +108,14 @@ payee AS (
 SELECT EXISTS (SELECT FROM hold) AS held, EXISTS (SELECT FROM claim) AS claimed
 """
 
+
 # The same, with the funding leg's writes (store/funding_sql.py) applied only if the hold did.
-_HOLD_FUNDED = _HOLD.replace(
-    "\nSELECT EXISTS", ",\n" + funding_ctes(20, "WHERE EXISTS (SELECT FROM hold)") + "\nSELECT EXISTS"
-)
+# Parameters: the 17 of _HOLD, the payer ($18), the funding hold's JSON ($19), then Writes.params().
+@lru_cache(maxsize=64)
+def _hold_funded(shape: Shape) -> str:
+    gated = funding_ctes(shape, 20, "WHERE EXISTS (SELECT FROM hold)")
+    return _HOLD.replace("\nSELECT EXISTS", gated + "\nSELECT EXISTS")
+
 
 # Why a hold did not apply, read in one snapshot: a live Idempotency-Key (in flight or settled, with its
 # stored response) comes first, as in SQLite; else the account's numbers for the refusal.
@@ -175,16 +182,23 @@ kept AS (
 )
 SELECT overrun, payer_id, funding_json, debit FROM done
 """
+
+
 # The same, with the funding leg's settlement (planned by the process that held the call) in the statement.
-_FINISH_FUNDED = _FINISH.replace(
-    "\nSELECT overrun,",
-    """, fresolved AS (
+# Parameters: the 26 of _FINISH, the funding holds' new state ($27), the key's account ($28), then
+# Writes.params().
+@lru_cache(maxsize=64)
+def _finish_funded(shape: Shape) -> str:
+    return _FINISH.replace(
+        "\nSELECT overrun,",
+        """, fresolved AS (
     UPDATE transfers SET state = $27
-    WHERE call_id = $1 AND kind = 'hold' AND credit_account = $52 AND state = 'pending' AND EXISTS (SELECT FROM done)
-), """
-    + funding_ctes(28, "WHERE EXISTS (SELECT FROM done)")
-    + "\nSELECT overrun,",
-)
+    WHERE call_id = $1 AND kind = 'hold' AND credit_account = $28 AND state = 'pending' AND EXISTS (SELECT FROM done)
+)"""
+        + funding_ctes(shape, 29, "WHERE EXISTS (SELECT FROM done)")
+        + "\nSELECT overrun,",
+    )
+
 
 _CREATE_KEY = """
 WITH k AS (
@@ -239,7 +253,7 @@ class PostgresStore:
         self.batch = batch  # False: one transaction per hold and per settlement (the naive baseline)
         self._committer: _GroupCommit | None = None
         # Calls this process held, with their funding hold: settled in one statement (others in two).
-        self._held: dict[str, tuple[str, str, str]] = {}
+        self._held: dict[str, tuple[str, HeldFunding, str]] = {}
 
     @classmethod
     def lazy(cls, url: str, now: float, *, batch: bool = True) -> PostgresStore:  # float-ok: seconds
@@ -261,7 +275,10 @@ class PostgresStore:
         async with self._opening:
             if self._pool is None:
                 pool = await asyncpg.create_pool(
-                    self.url, min_size=1, max_size=self._pool_size, reset=_no_session_state
+                    self.url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    reset=_no_session_state,
                 )
                 try:
                     async with pool.acquire() as conn:
@@ -427,8 +444,8 @@ class PostgresStore:
                 )  # fmt: skip
                 if done is not None and w.call is not None and w.resolve is not None:
                     row = await conn.fetchrow(
-                        _FINISH_FUNDED, *args, str(shard), w.call[1], w.call[2], w.call[3], w.resolve[0], *w.arrays(),
-                        key,
+                        _finish_funded(w.shape), *args, str(shard), w.call[1], w.call[2], w.call[3], w.resolve[0], key,
+                        *w.params(),
                     )  # fmt: skip
                     return 0 if row is None else int(row["overrun"] or 0)
             row = await conn.fetchrow(_FINISH, *args, str(shard), None, None, 0)
@@ -545,7 +562,7 @@ async def _hold(
     account: str,
     shard: int,
     payers: dict[str, Payer],
-    held: dict[str, tuple[str, str, str]] | None = None,
+    held: dict[str, tuple[str, HeldFunding, str]] | None = None,
 ) -> HoldOutcome | None:
     """The hold, inside the caller's transaction: the payer's buckets read under its lock, then one statement
     that writes the spend leg and, only if that applied, the funding leg. None when the key's cap or a live
@@ -574,7 +591,7 @@ async def _hold_once(
     args: tuple[Any, ...],
     account: str,
     payer: Payer | None,
-    held: dict[str, tuple[str, str, str]] | None = None,
+    held: dict[str, tuple[str, HeldFunding, str]] | None = None,
 ) -> HoldOutcome | None:
     if call.payer_id is None:
         row = await conn.fetchrow(_HOLD, *args, None, None)
@@ -587,9 +604,10 @@ async def _hold_once(
         if fh.refusal is not None:
             return fh.refused()
         assert fh.writes is not None
-        row = await conn.fetchrow(_HOLD_FUNDED, *args, call.payer_id, fh.json, *fh.writes.arrays())
+        assert fh.held is not None
+        row = await conn.fetchrow(_hold_funded(fh.writes.shape), *args, call.payer_id, fh.json, *fh.writes.params())
         if row is not None and row["held"] and held is not None:
-            held[call.id] = (call.payer_id, fh.json, account)
+            held[call.id] = (call.payer_id, fh.held, account)
     if row is None or not row["held"] or (call.idempotency_key is not None and not row["claimed"]):
         return None
     return HoldOutcome("held")

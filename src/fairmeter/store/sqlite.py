@@ -34,7 +34,14 @@ from fairmeter.ledger.model import (
 )
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter
-from fairmeter.store.funding_sql import Writes, add_to_account, hold_funding, plan_settlement, settle_funding
+from fairmeter.store.funding_sql import (
+    HeldFunding,
+    Writes,
+    add_to_account,
+    hold_funding,
+    plan_settlement,
+    settle_funding,
+)
 from fairmeter.store.migrations import apply_migrations
 from fairmeter.store.protocol import CallPage, LapsedCall
 from fairmeter.store.records import (
@@ -89,7 +96,7 @@ class SQLiteStore:
         apply_migrations(self.db, now)
         self.committer = GroupCommitter(self.transaction, batch)
         # Calls this process held, with their funding hold: settled with one fewer statement.
-        self._held: dict[str, tuple[str, str, str]] = {}
+        self._held: dict[str, tuple[str, HeldFunding, str]] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -294,8 +301,9 @@ class SQLiteStore:
                 )
                 self._free_idempotency(call)
                 return fh.refused()
+            assert fh.held is not None
             funding_json = fh.json
-            self._held[call.id] = (call.payer_id, funding_json, account)
+            self._held[call.id] = (call.payer_id, fh.held, account)
         self._credit(provider, call.reserved, 0)
         hold = db.execute(
             "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)"
