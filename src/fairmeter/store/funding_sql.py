@@ -379,21 +379,6 @@ def held_from_json(text: str | HeldFunding) -> HeldFunding:
     )
 
 
-async def _count(tx: Tx, table: str, keycols: tuple[str, ...], keys: tuple[object, ...], used: int, held: int) -> None:
-    """Add to a usage counter row (window or period), creating it on first use (one statement)."""
-    if not used and not held:
-        return
-    cols = ", ".join(keycols)
-    marks = ", ".join(f"${i + 3}" for i in range(len(keys)))
-    await tx.execute(
-        f"INSERT INTO {table} ({cols}, used, held) VALUES ({marks}, $1, $2) ON CONFLICT ({cols}) DO UPDATE"
-        f" SET used = {table}.used + excluded.used, held = {table}.held + excluded.held",
-        used,
-        held,
-        *keys,
-    )
-
-
 def _count_windows(
     w: Writes, payer_id: str, held: tuple[WindowCharge, ...], posted: tuple[WindowCharge, ...] | None = None
 ) -> None:
@@ -451,6 +436,12 @@ _PARTS = (
 )
 
 Shape = tuple[int, int, int, int]
+
+# The same writes a row at a time (SQLite, and a PostgreSQL transaction that is not one statement).
+_ROW_SQL = tuple(
+    f"INSERT INTO {target} VALUES ({', '.join(f'${i + 1}' for i in range(len(types)))}) {conflict}"
+    for _, target, types, conflict in _PARTS
+)
 
 
 @lru_cache(maxsize=256)
@@ -555,16 +546,16 @@ class Writes:
                 " AND state = 'pending'",
                 *self.resolve,
             )
+        accounts, transfers, windows, periods = _ROW_SQL
         for account, row in self.accounts.items():
-            await add_to_account(tx, account, **dict(zip(_ACCOUNT_COLUMNS, row, strict=True)))
-        for call_id, kind, debit, credit, amount, state, reason, now, bucket in self.transfers:
-            await insert_transfer(tx, call_id, kind, debit, credit, amount, state, now, bucket=bucket, reason=reason)
-        for table, keycols, counters in (
-            ("window_usage", ("payer_id", "window_name", "start"), self.windows),
-            ("period_usage", ("payer_id", "what", "start"), self.periods),
-        ):
+            if any(row):
+                await tx.execute(accounts, account, *row)
+        for transfer in self.transfers:
+            await tx.execute(transfers, *transfer)
+        for sql, counters in ((windows, self.windows), (periods, self.periods)):
             for key, (used, held) in counters.items():
-                await _count(tx, table, keycols, key, used, held)
+                if used or held:
+                    await tx.execute(sql, *key, used, held)
 
     async def _flush_one_statement(self, tx: Tx) -> None:
         if not (self.resolve or self.call or self.accounts or self.transfers or self.windows or self.periods):
