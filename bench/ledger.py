@@ -2,8 +2,8 @@
 
 Each pair is what one call costs the ledger: `begin_call` (idempotency check, the key's cap, the payer's
 funding buckets, the call record) then `finish_call` (post the cost in burn order, release the rest).
-Workers are asyncio tasks in one process (concurrency 1 or 64); on PostgreSQL also 4 processes (replicas)
-sharing the database. Calls are spread over 64 payers, or all on one hot payer. The hot payer is also run
+Workers are asyncio tasks in one process (concurrency 1 or 64), on uvloop, the event loop `fairmeter serve`
+runs the store on; on PostgreSQL also 4 processes (replicas) sharing the database. Calls are spread over 64 payers, or all on one hot payer. The hot payer is also run
 with `batch=False` (one transaction per hold and per settlement), the naive baseline, in the same run.
 
     .venv/bin/python bench/ledger.py                       # SQLite, and PostgreSQL when reachable
@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from fairmeter.store import Store, admin_sql, open_store
 from fairmeter.store.records import CallEnd, CallStart
@@ -101,12 +103,12 @@ async def load(url: str, keys: list[tuple[str, str]], concurrency: int, seconds:
 
 
 def _replica(url: str, keys: list[tuple[str, str]], concurrency: int, seconds: float, batch: bool, out: Any) -> None:
-    out.put(asyncio.run(load(url, keys, concurrency, seconds, batch)))
+    out.put(uvloop.run(load(url, keys, concurrency, seconds, batch)))
 
 
 def measure(url: str, keys: list[tuple[str, str]], replicas: int, concurrency: int, seconds: float, batch: bool) -> int:
     if replicas == 1:
-        return asyncio.run(load(url, keys, concurrency, seconds, batch))
+        return uvloop.run(load(url, keys, concurrency, seconds, batch))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     # Each replica starts its workers at its own payer, so 4 replicas × 16 workers cover 64 payers.
