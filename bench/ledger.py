@@ -3,8 +3,9 @@
 Each pair is what one call costs the ledger: `begin_call` (idempotency check, the key's cap, the payer's
 funding buckets, the call record) then `finish_call` (post the cost in burn order, release the rest).
 Workers are asyncio tasks in one process (concurrency 1 or 64), on uvloop, the event loop `fairmeter serve`
-runs the store on; on PostgreSQL also 4 processes (replicas) sharing the database. Calls are spread over 64 payers, or all on one hot payer. The hot payer is also run
-with `batch=False` (one transaction per hold and per settlement), the naive baseline, in the same run.
+runs the store on; on PostgreSQL also 4 processes (replicas) sharing the database. Calls are spread over 64
+payers, or all on one hot payer. The hot payer is also run with `batch=False` (one transaction per hold and
+per settlement), the naive baseline, in the same run.
 
     .venv/bin/python bench/ledger.py                       # SQLite, and PostgreSQL when reachable
     .venv/bin/python bench/ledger.py --seconds 5 --json out.json
