@@ -12,12 +12,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
 from fairmeter.errors import AllowanceExhausted, BudgetExceeded, FairmeterError, IdempotencyKeyInUse, InvalidRequest
 from fairmeter.gateway.asgi import ClientGone, Headers, Receive, Scope, Send, header, read_body, send_whole
 from fairmeter.gateway.errors import error_body, error_headers, render
+from fairmeter.gateway.http_client import Response, UpstreamError
 from fairmeter.gateway.meter import Quote, budget_message
 from fairmeter.gateway.state import GatewayState
 from fairmeter.gateway.upstream import response_headers
@@ -216,7 +216,7 @@ async def _forward(
     state.store.mark_forwarded(start.id)
     try:
         resp = await state.upstream.send("POST", upstream, scope["path"], headers, body)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except (UpstreamError, TimeoutError, OSError) as exc:
         await _upstream_failed(state, route, start, quote, exc, send)
         return
     keep = start.idempotency_key is not None
@@ -257,7 +257,7 @@ async def _relay_body(
     send: Send,
     start: CallStart,
     quote: Quote,
-    resp: aiohttp.ClientResponse,
+    resp: Response,
     keep: bool,
 ) -> None:
     """Non-streamed: pass chunks through as they come; if the client leaves, finish and settle anyway.
@@ -270,11 +270,11 @@ async def _relay_body(
     chunks: list[bytes] = []
     cut = False
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             if chunks:
                 await send({"type": "http.response.body", "body": chunks[-1], "more_body": True})
             chunks.append(chunk)
-    except (aiohttp.ClientError, TimeoutError, OSError):
+    except (UpstreamError, TimeoutError, OSError):
         cut = True
     body = b"".join(chunks)
     report = route.read_body(resp.status, body)
@@ -300,7 +300,7 @@ async def _relay_stream(
     send: Send,
     start: CallStart,
     quote: Quote,
-    resp: aiohttp.ClientResponse,
+    resp: Response,
     strip_usage: bool,
     keep: bool,
 ) -> None:
@@ -314,7 +314,7 @@ async def _relay_stream(
     watcher = asyncio.create_task(_watch_disconnect(receive, disconnected, resp))
     ended = False
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             if disconnected.is_set():
                 break
             out = chunk
@@ -335,7 +335,7 @@ async def _relay_stream(
                     if keep:
                         sent.append(ev.raw)
                     await send({"type": "http.response.body", "body": ev.raw, "more_body": True})
-    except (aiohttp.ClientError, TimeoutError, OSError):
+    except (UpstreamError, TimeoutError, OSError):
         ended = False
     finally:
         watcher.cancel()
@@ -357,7 +357,7 @@ async def _relay_stream(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: aiohttp.ClientResponse) -> None:
+async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: Response) -> None:
     """When the client goes away, close the upstream at once, even while it is between chunks."""
     while True:
         message = await receive()
@@ -378,7 +378,7 @@ def _is_usage_chunk(data: bytes) -> bool:
     return isinstance(obj, dict) and obj.get("choices") == [] and obj.get("usage") is not None
 
 
-def _stored(resp: aiohttp.ClientResponse, headers: Headers, body: bytes, stream: bool) -> StoredResponse:
+def _stored(resp: Response, headers: Headers, body: bytes, stream: bool) -> StoredResponse:
     return StoredResponse(resp.status, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers], body, stream)
 
 

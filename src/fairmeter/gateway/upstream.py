@@ -1,17 +1,18 @@
-"""The upstream client: one aiohttp session with a kept-alive pool per gateway process.
+"""The upstream client: kept-alive connections per gateway process (``http_client``), and what is forwarded.
 
-aiohttp was chosen by measurement (docs/architecture.md): httpx's pool collapsed under
-concurrency in the same benchmark. A request is retried only when nothing can have been sent
-(the connection could not be opened); never after a response or a partial send.
+The client was chosen by measurement (docs/architecture.md): httpx's pool collapsed under concurrency, and
+aiohttp's request and response objects cost about a fifth of the gateway's CPU per call. A request is retried
+only when nothing can have been sent (the connection could not be opened); never after a response or a
+partial send.
 """
 
 from __future__ import annotations
 
 import asyncio
-
-import aiohttp
+from functools import lru_cache
 
 from fairmeter.config import Config, Upstream
+from fairmeter.gateway.http_client import ConnectFailed, HttpClient, Origin, Response, split_url
 
 # Headers never forwarded upstream: hop-by-hop, the client's fairmeter credentials, and ours.
 _DROP_REQUEST = frozenset(
@@ -42,22 +43,14 @@ class UpstreamClient:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=False)
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.config.upstream_connect_timeout_s,
-            sock_read=self.config.upstream_timeout_s,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
+        self._client = HttpClient(self.config.upstream_connect_timeout_s, self.config.upstream_timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     def url(self, upstream: Upstream, path: str) -> str:
         """OpenAI's base URL includes ``/v1`` (as its SDK uses it); Anthropic's does not."""
@@ -81,21 +74,30 @@ class UpstreamClient:
 
     async def send(
         self, method: str, upstream: Upstream, path: str, headers: dict[str, str], body: bytes | None
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Open the upstream response (headers read, body not yet); retries only failed connects."""
-        assert self._session is not None, "UpstreamClient.start() was not called"
-        url = self.url(upstream, path)
+        assert self._client is not None, "UpstreamClient.start() was not called"
+        origin, target = _target(upstream.base_url, upstream.name, path)
         for attempt in range(CONNECT_RETRIES + 1):
             try:
-                return await self._session.request(method, url, data=body, headers=headers, allow_redirects=False)
-            except aiohttp.ClientConnectorError:
+                return await self._client.request(method, origin, target, headers, body)
+            except ConnectFailed:
                 if attempt == CONNECT_RETRIES:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
 
-def response_headers(resp: aiohttp.ClientResponse, call_id: str, keep_length: bool) -> list[tuple[bytes, bytes]]:
+@lru_cache(maxsize=256)
+def _target(base_url: str, name: str, path: str) -> tuple[Origin, str]:
+    """The origin and request target of ``path`` on an upstream (see :meth:`UpstreamClient.url`)."""
+    origin, base = split_url(base_url)
+    if name == "openai" and path.startswith("/v1/"):
+        path = path[3:]
+    return origin, base.rstrip("/") + path
+
+
+def response_headers(resp: Response, call_id: str, keep_length: bool) -> list[tuple[bytes, bytes]]:
     """Upstream response headers for the client, plus ``fairmeter-call-id``."""
     out: list[tuple[bytes, bytes]] = []
     for name, value in resp.raw_headers:
