@@ -184,6 +184,22 @@ def pg_database() -> str | None:
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
 
+def drop_pg_database(url: str) -> None:
+    """Drop a database made by :func:`pg_database` (every connection to it closed first)."""
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0)
@@ -207,7 +223,10 @@ def main() -> int:
     else:
         plan = [(1, 1, "64 payers", True), (1, 64, "64 payers", True), (4, 16, "64 payers", True),
                 (4, 16, "1 payer", True), (4, 16, "1 payer", False)]  # fmt: skip
-        points += run_backend("postgresql", pg, a.seconds, plan)
+        try:
+            points += run_backend("postgresql", pg, a.seconds, plan)
+        finally:
+            drop_pg_database(pg)
     hot = {(p.backend, p.batch): p.rate for p in points if p.payers == "1 payer" and p.concurrency > 1}
     for backend in ("sqlite", "postgresql"):
         if (backend, True) in hot and (backend, False) in hot:

@@ -36,6 +36,7 @@ from pathlib import Path
 from procs import BENCH, Server, WrkResult, ensure_wrk, fairmeter_cmd, free_port, machine, run_wrk
 
 UPSTREAM_KEY = "bench-upstream-key"
+DATABASES: list[str] = []  # PostgreSQL databases made for this run, dropped at its end unless --keep
 STREAM_CHUNKS = 20
 PATH = "/v1/chat/completions"
 # A 1 KB (1,024-byte) user prompt of ordinary English text.
@@ -305,9 +306,14 @@ def main() -> int:
         for s in reversed(servers):
             s.stop()
         if a.keep:
-            print(f"kept {tmp}")
+            print(f"kept {tmp}" + "".join(f" and {d}" for d in DATABASES))
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+            if DATABASES:
+                from ledger import drop_pg_database
+
+                for d in DATABASES:
+                    drop_pg_database(d)
 
 
 def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list[Server]) -> int:
@@ -329,6 +335,7 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
         pg = pg_database()
         if pg is None:
             raise SystemExit("--postgres: the PostgreSQL server at 127.0.0.1:5432 is not reachable")
+        DATABASES.append(pg)
         db = pg
     print(f"gateway database: {db if isinstance(db, str) else 'SQLite file ' + str(db)}", flush=True)
     write_config(config, db, emu_port)
