@@ -26,6 +26,8 @@ FORBIDDEN = (
     "httpx",
     "httpx2",
     "uvicorn",
+    "httptools",
+    "uvloop",
     "starlette",
     "fastapi",
     "psycopg",
