@@ -493,7 +493,10 @@ SELECT 1
 """
 
 
-_ACCOUNT_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+ACCOUNT_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+# Bucket accounts no funding decision reads (overage is capped by its period counter, a subscription by its
+# window counters): a store may sum their changes and write them once per transaction.
+UNREAD_ACCOUNTS = ("overage:", "sub:")
 
 
 @dataclass
@@ -515,7 +518,7 @@ class Writes:
     def account(self, account: str, **deltas: int) -> None:
         row = self.accounts.setdefault(account, [0, 0, 0, 0])
         for name, value in deltas.items():
-            row[_ACCOUNT_COLUMNS.index(name)] += value
+            row[ACCOUNT_COLUMNS.index(name)] += value
 
     def transfer(
         self, call_id: str, kind: str, debit: str, credit: str, amount: Nano, state: str, now: float,

@@ -35,6 +35,8 @@ from fairmeter.ledger.model import (
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter
 from fairmeter.store.funding_sql import (
+    ACCOUNT_COLUMNS,
+    UNREAD_ACCOUNTS,
     HeldFunding,
     Writes,
     add_to_account,
@@ -78,7 +80,7 @@ class SQLiteStore:
         self.url = database_url
         self.path = path
         self._checkpointer: threading.Thread | None = None
-        self._credits: dict[str, list[Nano]] = {}
+        self._deferred: dict[str, list[Nano]] = {}  # account → [debits pending, posted, credits pending, posted]
         self._stop = threading.Event()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -144,34 +146,46 @@ class SQLiteStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-            self._flush_credits()
+            self._flush_deferred()
         except BaseException:
-            self._credits.clear()
+            self._deferred.clear()
             if self.db.in_transaction:  # some errors (a full disk) end the transaction themselves
                 self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
     def _credit(self, account: str, pending: Nano, posted: Nano) -> None:
-        """Queue a change to a provider account's credits, written once per transaction.
+        """Queue a change to a provider account's credits, written once per transaction (``_defer``)."""
+        self._defer(account, (0, 0, pending, posted))
 
-        Every call credits the same provider account, so writing that one hot row once per
-        transaction, with the batch's sum, saves two statements per call. Provider accounts carry no
-        cap, so nothing is decided from their balance inside the transaction.
+    def _defer(self, account: str, deltas: tuple[Nano, Nano, Nano, Nano] | list[Nano]) -> None:
+        """Queue a change to an account that no decision reads, written once per transaction with the batch's sum.
+
+        Every call credits its provider's account, and a payer's overage or subscription account takes every
+        call the payer's overage or windows pay; writing such a hot row once per transaction saves two
+        statements per call. None of them carries a cap: overage is capped by its period counter and a
+        subscription by its window counters, which are written at once, so nothing in the transaction reads
+        these balances before they are written.
         """
-        delta = self._credits.get(account)
-        if delta is None:
-            self._credits[account] = [pending, posted]
+        row = self._deferred.get(account)
+        if row is None:
+            self._deferred[account] = list(deltas)
         else:
-            delta[0] += pending
-            delta[1] += posted
+            for i, d in enumerate(deltas):
+                row[i] += d
 
-    def _flush_credits(self) -> None:
-        """Write the queued provider-account credits; runs inside the transaction, before COMMIT."""
+    def _defer_unread(self, writes: Writes) -> Writes:
+        """Move the funding writes' overage and subscription accounts to the once-per-transaction sums."""
+        for account in [a for a in writes.accounts if a.startswith(UNREAD_ACCOUNTS)]:
+            self._defer(account, writes.accounts.pop(account))
+        return writes
+
+    def _flush_deferred(self) -> None:
+        """Write the queued account changes; runs inside the transaction, before COMMIT."""
         tx = SQLiteTx(self.db)
-        for account, (pending, posted) in self._credits.items():
-            run_now(add_to_account(tx, account, credits_pending=pending, credits_posted=posted))
-        self._credits.clear()
+        for account, row in self._deferred.items():
+            run_now(add_to_account(tx, account, **dict(zip(ACCOUNT_COLUMNS, row, strict=True))))
+        self._deferred.clear()
 
     # ---- keys (each its own short transaction) --------------------------------------------------
 
@@ -291,7 +305,9 @@ class SQLiteStore:
         if call.payer_id is not None:
             size = Size(call.reserved, call.tokens)
             fh = run_now(
-                hold_funding(SQLiteTx(db), call.id, call.payer_id, account, size, call.started_at, credit_key=False)
+                hold_funding(
+                    SQLiteTx(db), call.id, call.payer_id, account, size, call.started_at, credit_key=False, flush=False
+                )
             )
             if fh.refusal is not None:
                 db.execute(
@@ -301,7 +317,8 @@ class SQLiteStore:
                 )
                 self._free_idempotency(call)
                 return fh.refused()
-            assert fh.held is not None
+            assert fh.held is not None and fh.writes is not None
+            run_now(self._defer_unread(fh.writes).flush(SQLiteTx(db)))
             funding_json = fh.json
             self._held[call.id] = (call.payer_id, fh.held, account)
         self._credit(provider, call.reserved, 0)
@@ -404,7 +421,16 @@ class SQLiteStore:
             state, kind = TransferState.EXPIRED, TransferKind.EXPIRE
         else:
             state, kind = TransferState.POSTED, TransferKind.POST
-        db.execute("UPDATE transfers SET state = ? WHERE id = ?", (state, hold_id))
+        if planned is not None and planned.resolve is not None:
+            # The spend leg's hold and the funding holds (credited to the key) resolved in one statement.
+            db.execute(
+                "UPDATE transfers SET state = CASE WHEN id = ?1 THEN ?2 ELSE ?3 END WHERE call_id = ?4"
+                " AND state = 'pending' AND (id = ?1 OR (kind = 'hold' AND credit_account = ?5))",
+                (hold_id, state, planned.resolve[0], call_id, planned.resolve[2]),
+            )
+            planned.resolve = None
+        else:
+            db.execute("UPDATE transfers SET state = ? WHERE id = ?", (state, hold_id))
         db.execute(
             "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, ts)"
             " VALUES (?, ?, ?, ?, ?, ?, 'posted', ?)",
@@ -425,7 +451,7 @@ class SQLiteStore:
         self._credit(credit, -held, actual)
         if planned is not None:
             planned.call = None  # already in the update above
-            run_now(planned.flush(SQLiteTx(db)))
+            run_now(self._defer_unread(planned).flush(SQLiteTx(db)))
         elif row["funding_json"] is not None:
             self._settle_funding(
                 call_id, row["payer_id"], debit, row["funding_json"], Size(actual, end.tokens), now, void
