@@ -160,6 +160,20 @@ async def _verify(store: Store) -> dict[str, Any]:
         await store.close()
 
 
+def _admin(sql: str) -> None:
+    """Run one statement on the server's admin database."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def pg_database() -> str | None:
     """A fresh database for this run, or None when PostgreSQL is not reachable."""
     try:
@@ -167,18 +181,8 @@ def pg_database() -> str | None:
     except ImportError:
         return None
     name = f"fm_bench_{os.getpid()}_{secrets.token_hex(3)}"
-
-    async def create() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
     try:
-        asyncio.run(create())
+        _admin(f'CREATE DATABASE "{name}"')
     except OSError:
         return None
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
@@ -186,18 +190,7 @@ def pg_database() -> str | None:
 
 def drop_pg_database(url: str) -> None:
     """Drop a database made by :func:`pg_database` (every connection to it closed first)."""
-    import asyncpg
-
-    name = url.rsplit("/", 1)[1]
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    _admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 def main() -> int:

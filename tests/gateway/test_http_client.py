@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import ssl
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -65,6 +65,18 @@ def origin(port: int, scheme: str = "http") -> Origin:
     return Origin(scheme, "127.0.0.1", port)
 
 
+@contextlib.asynccontextmanager
+async def against(handler: Handler, read_timeout: float = 2.0) -> AsyncIterator[tuple[HttpClient, Origin]]:
+    """A client (2 s to connect, ``read_timeout`` per read) and the origin of a scripted server."""
+    server, port = await serve(handler)
+    client = HttpClient(2.0, read_timeout)
+    try:
+        yield client, origin(port)
+    finally:
+        await client.close()
+        await server.stop()
+
+
 def test_split_url_keeps_the_path_and_query_and_default_ports() -> None:
     o, path = split_url("https://api.openai.com/v1")
     assert (o.scheme, o.host, o.port, path) == ("https", "api.openai.com", 443, "/v1")
@@ -94,19 +106,14 @@ def test_a_length_framed_response_is_read_whole_and_its_connection_reused() -> N
         writer.close()
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 2.0)
-        for i in range(3):
-            resp = await client.request(
-                "POST", origin(port), "/v1/x", {"content-type": "application/json"}, b"[%d]" % i
-            )
-            assert resp.status == 200
-            assert resp.content_type == "application/json"
-            assert resp.header("x-thing") == "a"
-            assert await resp.read() == b'{"ok":true}'
-            resp.release()
-        await client.close()
-        await server.stop()
+        async with against(handler) as (client, at):
+            for i in range(3):
+                resp = await client.request("POST", at, "/v1/x", {"content-type": "application/json"}, b"[%d]" % i)
+                assert resp.status == 200
+                assert resp.content_type == "application/json"
+                assert resp.header("x-thing") == "a"
+                assert await resp.read() == b'{"ok":true}'
+                resp.release()
 
     asyncio.run(main())
     assert connections == 1
@@ -129,42 +136,47 @@ def test_a_chunked_body_arrives_chunk_by_chunk_before_the_response_ends() -> Non
             writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
             await writer.drain()
 
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 2.0)
-        resp = await client.request("POST", origin(port), "/", {}, b"{}")
-        assert resp.content_type == "text/event-stream"
-        got = []
-        async for chunk in resp.chunks():
-            got.append(chunk)
-            go_on.set()
-        resp.release()
-        assert got == [b"data: 1", b"data: 2"]
-        await client.close()
-        await server.stop()
+        async with against(handler) as (client, at):
+            resp = await client.request("POST", at, "/", {}, b"{}")
+            assert resp.content_type == "text/event-stream"
+            got = []
+            async for chunk in resp.chunks():
+                got.append(chunk)
+                go_on.set()
+            resp.release()
+            assert got == [b"data: 1", b"data: 2"]
 
     asyncio.run(main())
 
 
-def test_a_body_delimited_by_the_connection_closing_is_whole_and_the_connection_not_reused() -> None:
+@pytest.mark.parametrize(
+    ("reply", "body"),
+    [
+        # no length, not chunked: the body ends when the connection does
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", b"all of it"),
+        # keep-alive was not refused, but the server goes away while the connection is idle
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+    ],
+    ids=["body-delimited-by-close", "closed-while-idle"],
+)
+def test_a_connection_the_server_closes_is_read_to_its_end_and_not_reused(reply: bytes, body: bytes) -> None:
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        writer.write(reply)
         await writer.drain()
         writer.close()
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 2.0)
-        for _ in range(2):
-            resp = await client.request("GET", origin(port), "/", {}, None)
-            assert await resp.read() == b"all of it"
-            resp.release()
-        await client.close()
-        await server.stop()
+        async with against(handler) as (client, at):
+            for _ in range(2):
+                resp = await client.request("GET", at, "/", {}, None)
+                assert await resp.read() == body
+                resp.release()
+                await asyncio.sleep(0.05)  # the close reaches the client
 
     asyncio.run(main())
     assert connections == 2
@@ -178,17 +190,14 @@ def test_a_body_cut_short_raises_after_what_arrived() -> None:
         writer.transport.abort()
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 2.0)
-        resp = await client.request("POST", origin(port), "/", {}, b"")
-        got = []
-        with pytest.raises(UpstreamError, match="closed the connection before the response ended"):
-            async for chunk in resp.chunks():
-                got.append(chunk)
-        assert b"".join(got) == b"0123456789"
-        resp.release()
-        await client.close()
-        await server.stop()
+        async with against(handler) as (client, at):
+            resp = await client.request("POST", at, "/", {}, b"")
+            got = []
+            with pytest.raises(UpstreamError, match="closed the connection before the response ended"):
+                async for chunk in resp.chunks():
+                    got.append(chunk)
+            assert b"".join(got) == b"0123456789"
+            resp.release()
 
     asyncio.run(main())
 
@@ -199,13 +208,10 @@ def test_a_connection_reset_before_the_headers_is_an_upstream_error_not_a_connec
         writer.transport.abort()
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 2.0)
-        with pytest.raises(UpstreamError) as info:
-            await client.request("POST", origin(port), "/", {}, b"x")
-        assert not isinstance(info.value, ConnectFailed)  # the request was sent: it must not be retried
-        await client.close()
-        await server.stop()
+        async with against(handler) as (client, at):
+            with pytest.raises(UpstreamError) as info:
+                await client.request("POST", at, "/", {}, b"x")
+            assert not isinstance(info.value, ConnectFailed)  # the request was sent: it must not be retried
 
     asyncio.run(main())
 
@@ -216,12 +222,9 @@ def test_no_answer_within_the_read_timeout_raises_timeout_error() -> None:
         await asyncio.sleep(5)
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 0.2)
-        with pytest.raises(TimeoutError):
-            await client.request("POST", origin(port), "/", {}, b"x")
-        await client.close()
-        await server.stop()
+        async with against(handler, 0.2) as (client, at):
+            with pytest.raises(TimeoutError):
+                await client.request("POST", at, "/", {}, b"x")
 
     asyncio.run(main())
 
@@ -234,17 +237,14 @@ def test_a_stalled_body_raises_timeout_error_between_chunks() -> None:
         await asyncio.sleep(5)
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 0.2)
-        resp = await client.request("POST", origin(port), "/", {}, b"x")
-        got = []
-        with pytest.raises(TimeoutError):
-            async for chunk in resp.chunks():
-                got.append(chunk)
-        assert got == [b"abc"]
-        resp.close()
-        await client.close()
-        await server.stop()
+        async with against(handler, 0.2) as (client, at):
+            resp = await client.request("POST", at, "/", {}, b"x")
+            got = []
+            with pytest.raises(TimeoutError):
+                async for chunk in resp.chunks():
+                    got.append(chunk)
+            assert got == [b"abc"]
+            resp.close()
 
     asyncio.run(main())
 
@@ -268,12 +268,9 @@ def test_a_response_that_is_not_http_is_an_upstream_error() -> None:
         await writer.drain()
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 2.0)
-        with pytest.raises(UpstreamError, match=r"not valid HTTP/1\.1"):
-            await client.request("GET", origin(port), "/", {}, None)
-        await client.close()
-        await server.stop()
+        async with against(handler) as (client, at):
+            with pytest.raises(UpstreamError, match=r"not valid HTTP/1\.1"):
+                await client.request("GET", at, "/", {}, None)
 
     asyncio.run(main())
 
@@ -285,32 +282,6 @@ def test_a_header_value_with_a_line_break_is_never_sent() -> None:
             await client.request("GET", origin(1), "/", {"x-a": "b\r\nx-injected: 1"}, None)
 
     asyncio.run(main())
-
-
-def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        writer.close()  # keep-alive was not refused, but the server goes away while the connection is idle
-
-    async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 2.0)
-        for _ in range(2):
-            resp = await client.request("GET", origin(port), "/", {}, None)
-            assert await resp.read() == b"ok"
-            resp.release()
-            await asyncio.sleep(0.05)  # the close reaches the client
-        await client.close()
-        await server.stop()
-
-    asyncio.run(main())
-    assert connections == 2
 
 
 def test_a_fast_upstream_and_a_slow_reader_buffer_a_bounded_amount() -> None:
@@ -326,19 +297,16 @@ def test_a_fast_upstream_and_a_slow_reader_buffer_a_bounded_amount() -> None:
         writer.close()
 
     async def main() -> None:
-        server, port = await serve(handler)
-        client = HttpClient(2.0, 5.0)
-        resp = await client.request("GET", origin(port), "/", {}, None)
-        total, most = 0, 0
-        async for chunk in resp.chunks():
-            total += len(chunk)
-            most = max(most, resp._conn.buffered)
-            await asyncio.sleep(0.001)  # a slow client
-        resp.release()
-        assert total == size
-        assert most <= HIGH_WATER + 512 * 1024  # reading paused at the high-water mark, not the whole body
-        await client.close()
-        await server.stop()
+        async with against(handler, 5.0) as (client, at):
+            resp = await client.request("GET", at, "/", {}, None)
+            total, most = 0, 0
+            async for chunk in resp.chunks():
+                total += len(chunk)
+                most = max(most, resp._conn.buffered)
+                await asyncio.sleep(0.001)  # a slow client
+            resp.release()
+            assert total == size
+            assert most <= HIGH_WATER + 512 * 1024  # reading paused at the high-water mark, not the whole body
 
     asyncio.run(main())
 
