@@ -164,17 +164,17 @@ def bucket_account(payer_id: str, portion: Portion) -> str:
 
 async def add_to_account(tx: Tx, account: str, **deltas: int) -> None:
     """Add to an account's balances, creating it when it does not exist yet (one statement)."""
-    cols = [c for c, v in deltas.items() if v]
-    if not cols:
-        return
+    cols = tuple(c for c, v in deltas.items() if v)
+    if cols:
+        await tx.execute(_add_to_account_sql(cols), account, *[deltas[c] for c in cols])
+
+
+@lru_cache(maxsize=64)
+def _add_to_account_sql(cols: tuple[str, ...]) -> str:
     names = ", ".join(cols)
     marks = ", ".join(f"${i + 2}" for i in range(len(cols)))
     sets = ", ".join(f"{c} = accounts.{c} + excluded.{c}" for c in cols)
-    await tx.execute(
-        f"INSERT INTO accounts (id, {names}) VALUES ($1, {marks}) ON CONFLICT (id) DO UPDATE SET {sets}",
-        account,
-        *[deltas[c] for c in cols],
-    )
+    return f"INSERT INTO accounts (id, {names}) VALUES ($1, {marks}) ON CONFLICT (id) DO UPDATE SET {sets}"
 
 
 async def insert_transfer(
