@@ -275,10 +275,7 @@ class PostgresStore:
         async with self._opening:
             if self._pool is None:
                 pool = await asyncpg.create_pool(
-                    self.url,
-                    min_size=1,
-                    max_size=self._pool_size,
-                    reset=_no_session_state,
+                    self.url, min_size=1, max_size=self._pool_size, reset=_no_session_state
                 )
                 try:
                     async with pool.acquire() as conn:
