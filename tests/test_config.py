@@ -107,6 +107,17 @@ def test_upstream_base_url_and_key_env(tmp_path: Path) -> None:
     assert load_config(str(cfg), {}, tmp_path).upstreams["openai"].api_key is None
 
 
+@pytest.mark.parametrize("url", ["ftp://example.com", "api.openai.com/v1", "https://", "https://x/v1?a=1"])
+def test_an_upstream_base_url_that_is_not_http_is_an_error(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[upstreams\.openai\] base_url must be an http:// or https:// URL"):
+        parse_config({"upstreams": {"openai": {"base_url": url}}}, {}, "t")
+
+
+def test_whitespace_around_an_upstream_key_is_dropped() -> None:
+    config = parse_config({}, {"OPENAI_API_KEY": "sk-abc\n", "ANTHROPIC_API_KEY": " sk-ant "}, "t")
+    assert (config.upstreams["openai"].api_key, config.upstreams["anthropic"].api_key) == ("sk-abc", "sk-ant")
+
+
 def test_unknown_upstream_is_an_error() -> None:
     with pytest.raises(ConfigError, match="mistral"):
         parse_config({"upstreams": {"mistral": {"base_url": "http://x"}}}, {}, "t")

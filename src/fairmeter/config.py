@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fairmeter.errors import ConfigError
 from fairmeter.money import Nano, hold_nano, parse_usd
@@ -67,11 +68,18 @@ class Config:
 
 def default_upstreams(env: Mapping[str, str]) -> dict[str, Upstream]:
     return {
-        "openai": Upstream("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", env.get("OPENAI_API_KEY")),
+        "openai": Upstream("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", _key(env, "OPENAI_API_KEY")),
         "anthropic": Upstream(
-            "anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY", env.get("ANTHROPIC_API_KEY")
+            "anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY", _key(env, "ANTHROPIC_API_KEY")
         ),
     }
+
+
+def _key(env: Mapping[str, str], name: str) -> str | None:
+    """An upstream key from the environment; a key pasted with a trailing newline would make every call
+    fail, and surrounding whitespace is never part of one."""
+    key = env.get(name)
+    return None if key is None else key.strip()
 
 
 def _usd(raw: Any, key: str) -> Nano | None:
@@ -121,9 +129,14 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
             raise ConfigError(f"{source}: [upstreams.{name}] must be a table")
         base = upstreams[name]
         key_env = str(table.get("api_key_env", base.api_key_env))
-        upstreams[name] = Upstream(
-            name, str(table.get("base_url", base.base_url)).rstrip("/"), key_env, env.get(key_env)
-        )
+        base_url = str(table.get("base_url", base.base_url)).rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(
+                f"{source}: [upstreams.{name}] base_url must be an http:// or https:// URL with a host and no query,"
+                f" like https://api.openai.com/v1; got {base_url!r}"
+            )
+        upstreams[name] = Upstream(name, base_url, key_env, _key(env, key_env))
     prices: list[PriceOverride] = []
     for model, table in (data.get("prices") or {}).items():
         if not isinstance(table, Mapping):

@@ -278,7 +278,7 @@ def test_a_response_that_is_not_http_is_an_upstream_error() -> None:
 def test_a_header_value_with_a_line_break_is_never_sent() -> None:
     async def main() -> None:
         client = HttpClient(2.0, 2.0)
-        with pytest.raises(ValueError, match="cannot be sent"):
+        with pytest.raises(UpstreamError, match="nothing was sent"):
             await client.request("GET", origin(1), "/", {"x-a": "b\r\nx-injected: 1"}, None)
 
     asyncio.run(main())

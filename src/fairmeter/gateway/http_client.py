@@ -299,7 +299,9 @@ class HttpClient:
             raise UpstreamError("the upstream client is closed")
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-                raise ValueError(f"header {name!r} cannot be sent")
+                # Nothing is sent (a configured upstream key with a line break in it, say): the call fails
+                # as one that never reached the upstream, and costs nothing.
+                raise UpstreamError(f"the header {name!r} has a line break or colon; nothing was sent")
         conn = await self._connection(origin)
         head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"host: ", origin.host_header, b"\r\n"]
         for name, value in headers.items():
