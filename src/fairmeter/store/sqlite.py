@@ -38,9 +38,11 @@ from fairmeter.store.funding_sql import (
     ACCOUNT_COLUMNS,
     UNREAD_ACCOUNTS,
     HeldFunding,
+    Payer,
     Writes,
     add_to_account,
     hold_funding,
+    load_payer,
     plan_settlement,
     settle_funding,
 )
@@ -96,7 +98,11 @@ class SQLiteStore:
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.execute("PRAGMA foreign_keys=ON")
         apply_migrations(self.db, now)
-        self.committer = GroupCommitter(self.transaction, batch)
+        # Payers (plan and switches) as last read; valid while no other connection has committed
+        # (``PRAGMA data_version``) and no change went through ``transaction`` outside a group commit.
+        self._payers: dict[str, Payer] = {}
+        self._data_version = -1
+        self.committer = GroupCommitter(self._batch_transaction, batch)
         # Calls this process held, with their funding hold: settled with one fewer statement.
         self._held: dict[str, tuple[str, HeldFunding, str]] = {}
 
@@ -142,9 +148,22 @@ class SQLiteStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE … COMMIT, ROLLBACK on error)."""
+        """One write transaction (BEGIN IMMEDIATE … COMMIT, ROLLBACK on error), for anything but the hot path:
+        it may change a payer, so the payers read so far are forgotten."""
+        self._payers.clear()
+        with self._batch_transaction() as db:
+            yield db
+        self._payers.clear()
+
+    @contextmanager
+    def _batch_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A group commit's transaction; the payers read so far stay valid unless another connection wrote."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:  # another process committed (a CLI command, say)
+                self._payers.clear()
+                self._data_version = version
             yield self.db
             self._flush_deferred()
         except BaseException:
@@ -153,6 +172,15 @@ class SQLiteStore:
                 self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def _payer(self, payer_id: str) -> Payer | None:
+        """The payer with its plan and switches, read once per change (the write lock is held: see above)."""
+        payer = self._payers.get(payer_id)
+        if payer is None:
+            payer = run_now(load_payer(SQLiteTx(self.db), payer_id, lock=False))
+            if payer is not None:
+                self._payers[payer_id] = payer
+        return payer
 
     def _credit(self, account: str, pending: Nano, posted: Nano) -> None:
         """Queue a change to a provider account's credits, written once per transaction (``_defer``)."""
@@ -304,9 +332,18 @@ class SQLiteStore:
         funding_json = None
         if call.payer_id is not None:
             size = Size(call.reserved, call.tokens)
+            payer, tx = self._payer(call.payer_id), SQLiteTx(db)
             fh = run_now(
                 hold_funding(
-                    SQLiteTx(db), call.id, call.payer_id, account, size, call.started_at, credit_key=False, flush=False
+                    tx,
+                    call.id,
+                    call.payer_id,
+                    account,
+                    size,
+                    call.started_at,
+                    credit_key=False,
+                    flush=False,
+                    payer=payer,
                 )
             )
             if fh.refusal is not None:
