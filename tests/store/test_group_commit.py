@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fairmeter.store.records import CallStart
+from fairmeter.store import batch
+from fairmeter.store.records import CallEnd, CallStart
 from fairmeter.store.sqlite import SQLiteStore
 
 
@@ -66,6 +67,32 @@ def test_a_forwarded_mark_is_not_waited_for_and_is_committed_by_close(store: SQL
     asyncio.run(main())
     with contextlib.closing(sqlite3.connect(tmp_path / "g.db")) as db:
         assert db.execute("SELECT forwarded FROM calls WHERE id = 'c1'").fetchone() == (1,)
+
+
+def test_a_forwarded_mark_rides_with_the_settlement_or_commits_after_a_moment(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    end = CallEnd("ok", 200, "complete", None, "0", 0, False, None, 1.0)
+
+    async def main() -> tuple[int, int]:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        await store.begin_call(_start("c1", key.id), 86400)
+        before = store.committer.batches
+        monkeypatch.setattr(batch, "RIDE_S", 5.0)  # longer than any pause below, however busy the machine
+        store.mark_forwarded("c1")
+        await asyncio.sleep(0.002)  # the upstream answers (the loop ran meanwhile)
+        await store.finish_call("c1", end, 1.0)  # at concurrency 1: the mark shares the settlement's transaction
+        rode = store.committer.batches - before
+        await store.begin_call(_start("c2", key.id), 86400)
+        before = store.committer.batches
+        monkeypatch.setattr(batch, "RIDE_S", 0.01)
+        store.mark_forwarded("c2")  # a call still in flight: the mark commits on its own, a moment later
+        await asyncio.sleep(0.2)
+        return rode, store.committer.batches - before
+
+    assert asyncio.run(main()) == (1, 1)
+    forwarded = dict(store.db.execute("SELECT id, forwarded FROM calls").fetchall())
+    assert forwarded == {"c1": 1, "c2": 1}
 
 
 def test_submit_logs_instead_of_raising(store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:

@@ -2,7 +2,9 @@
 
 An operation is queued and a flush is scheduled with ``loop.call_soon``: when the loop is idle the
 flush runs on its very next iteration (no timer), and every operation queued meanwhile by other
-requests joins the same transaction. Operations report outcomes as result codes, so they do not
+requests joins the same transaction. An operation nobody waits for (``submit``: the "forwarded" mark)
+schedules no flush of its own; it rides with the next one, or commits after ``RIDE_S``. Operations report
+outcomes as result codes, so they do not
 raise in normal use; if one does, the batch is rolled back and its operations are run one by one,
 so only the failing one reports an error.
 
@@ -23,6 +25,12 @@ Op = tuple[Callable[[], Any], asyncio.Future[Any]]
 log = logging.getLogger("fairmeter.store")
 
 
+# An operation nobody waits for (``submit``) rides with the next batch someone waits for, or commits
+# after this long: at concurrency 1 a call's "forwarded" mark then shares its settlement's transaction
+# instead of paying for one of its own.
+RIDE_S = 0.005  # float-ok: seconds
+
+
 class GroupCommitter:
     """Runs store operations on the event loop thread, batched into shared transactions."""
 
@@ -31,6 +39,7 @@ class GroupCommitter:
         self.batch = batch  # False: every operation commits alone at once (the naive baseline of bench/ledger.py)
         self._queue: list[Op] = []
         self._scheduled = False
+        self._riding: asyncio.TimerHandle | None = None
         self.batches = 0
         self.operations = 0
 
@@ -47,12 +56,23 @@ class GroupCommitter:
         return fut
 
     def submit(self, op: Callable[[], Any]) -> None:
-        """Queue ``op`` without waiting for its commit (it joins the next batch); failures are logged."""
-        self.run(op).add_done_callback(_log_failure)
+        """Queue ``op`` without waiting for its commit: it joins the next batch, at the latest ``RIDE_S`` from
+        now; failures are logged."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        fut.add_done_callback(_log_failure)
+        self._queue.append((op, fut))
+        if not self.batch:
+            self.flush()
+        elif not self._scheduled and self._riding is None:
+            self._riding = loop.call_later(RIDE_S, self.flush)
 
     def flush(self) -> None:
         """Commit everything queued now (scheduled by ``run``; called directly before the store closes)."""
         self._scheduled = False
+        if self._riding is not None:
+            self._riding.cancel()
+            self._riding = None
         batch, self._queue = self._queue, []
         if not batch:
             return
