@@ -437,7 +437,7 @@ _PARTS = (
 
 Shape = tuple[int, int, int, int]
 
-# The same writes a row at a time (SQLite, and a PostgreSQL transaction that is not one statement).
+# The same writes a row at a time (SQLite).
 _ROW_SQL = tuple(
     f"INSERT INTO {target} VALUES ({', '.join(f'${i + 1}' for i in range(len(types)))}) {conflict}"
     for _, target, types, conflict in _PARTS
@@ -503,7 +503,7 @@ UNREAD_ACCOUNTS = ("overage:", "sub:")
 class Writes:
     """What a hold or a settlement writes, collected and then written at once.
 
-    On PostgreSQL ``flush`` is one statement (data-modifying CTEs over arrays), so the funding leg costs one
+    On PostgreSQL ``flush`` is one statement (data-modifying CTEs, one text per shape), so the funding leg costs one
     round trip under the payer's lock; on SQLite it is a statement per row, as before. Deltas to one row
     are summed first (one statement may touch a row only once).
     """
