@@ -85,8 +85,15 @@ async def pair(store: Store, key_id: str, payer_id: str, owner: str) -> None:
     await store.finish_call(call.id, end, time.time())
 
 
-async def load(url: str, keys: list[tuple[str, str]], concurrency: int, seconds: float, batch: bool) -> int:
+async def load(
+    url: str, keys: list[tuple[str, str]], concurrency: int, seconds: float, batch: bool, barrier: Any = None
+) -> int:
+    """``concurrency`` workers doing pairs for ``seconds``; the clock starts once the store is open and, with
+    ``barrier``, once every replica's is (so no replica's start-up runs inside another's measured time)."""
     store = open_store(url, time.time(), batch=batch)
+    await store.start()
+    if barrier is not None:
+        barrier.wait()
     owner = "bench_" + secrets.token_hex(4)
     done = 0
     stop = time.monotonic() + seconds
@@ -103,8 +110,10 @@ async def load(url: str, keys: list[tuple[str, str]], concurrency: int, seconds:
     return done
 
 
-def _replica(url: str, keys: list[tuple[str, str]], concurrency: int, seconds: float, batch: bool, out: Any) -> None:
-    out.put(uvloop.run(load(url, keys, concurrency, seconds, batch)))
+def _replica(
+    url: str, keys: list[tuple[str, str]], concurrency: int, seconds: float, batch: bool, out: Any, barrier: Any
+) -> None:
+    out.put(uvloop.run(load(url, keys, concurrency, seconds, batch, barrier)))
 
 
 def measure(url: str, keys: list[tuple[str, str]], replicas: int, concurrency: int, seconds: float, batch: bool) -> int:
@@ -112,10 +121,11 @@ def measure(url: str, keys: list[tuple[str, str]], replicas: int, concurrency: i
         return uvloop.run(load(url, keys, concurrency, seconds, batch))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
+    barrier = ctx.Barrier(replicas)
     # Each replica starts its workers at its own payer, so 4 replicas × 16 workers cover 64 payers.
     procs = [
         ctx.Process(target=_replica, args=(url, keys[r * concurrency :] + keys[: r * concurrency], concurrency,
-                                           seconds, batch, out))
+                                           seconds, batch, out, barrier))
         for r in range(replicas)
     ]  # fmt: skip
     for p in procs:
