@@ -237,13 +237,6 @@ class Response:
                 return value.split(b";", 1)[0].strip().lower().decode("latin-1")
         return ""
 
-    def header(self, name: str) -> str | None:
-        key = name.lower().encode("latin-1")
-        for k, v in self.raw_headers:
-            if k.lower() == key:
-                return v.decode("latin-1")
-        return None
-
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked transfer decoded; what arrived since the last piece comes as one);
         raises UpstreamError or TimeoutError on failure."""

@@ -52,12 +52,6 @@ class UpstreamClient:
         if self._client is not None:
             await self._client.close()
 
-    def url(self, upstream: Upstream, path: str) -> str:
-        """OpenAI's base URL includes ``/v1`` (as its SDK uses it); Anthropic's does not."""
-        if upstream.name == "openai" and path.startswith("/v1/"):
-            return upstream.base_url + path[3:]
-        return upstream.base_url + path
-
     @staticmethod
     def forward_headers(raw: list[tuple[bytes, bytes]], upstream: Upstream) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -90,7 +84,8 @@ class UpstreamClient:
 
 @lru_cache(maxsize=256)
 def _target(base_url: str, name: str, path: str) -> tuple[Origin, str]:
-    """The origin and request target of ``path`` on an upstream (see :meth:`UpstreamClient.url`)."""
+    """The origin and request target of ``path`` on an upstream: OpenAI's base URL includes ``/v1`` (as its SDK
+    uses it), so a ``/v1/…`` path loses that prefix there; Anthropic's does not."""
     origin, base = split_url(base_url)
     if name == "openai" and path.startswith("/v1/"):
         path = path[3:]
