@@ -155,11 +155,16 @@ async def seed_defaults(tx: Tx, now: float) -> None:
 # ---- accounts -------------------------------------------------------------------------------
 
 
+_PAYER_BUCKET = {BucketKind.SUBSCRIPTION: "sub:", BucketKind.CREDITS: "credits:", BucketKind.OVERAGE: "overage:"}
+# Bucket accounts no funding decision reads (overage is capped by its period counter, a subscription by its
+# window counters): a store may sum their changes and write them once per transaction.
+UNREAD_ACCOUNTS = (_PAYER_BUCKET[BucketKind.OVERAGE], _PAYER_BUCKET[BucketKind.SUBSCRIPTION])
+
+
 def bucket_account(payer_id: str, portion: Portion) -> str:
     if portion.bucket is BucketKind.GRANTS:
         return f"grant:{portion.source}"
-    prefix = {BucketKind.SUBSCRIPTION: "sub", BucketKind.CREDITS: "credits", BucketKind.OVERAGE: "overage"}
-    return f"{prefix[portion.bucket]}:{payer_id}"
+    return _PAYER_BUCKET[portion.bucket] + payer_id
 
 
 async def add_to_account(tx: Tx, account: str, **deltas: int) -> None:
@@ -493,10 +498,7 @@ SELECT 1
 """
 
 
-ACCOUNT_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
-# Bucket accounts no funding decision reads (overage is capped by its period counter, a subscription by its
-# window counters): a store may sum their changes and write them once per transaction.
-UNREAD_ACCOUNTS = ("overage:", "sub:")
+_ACCOUNT_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
 
 @dataclass
@@ -518,7 +520,7 @@ class Writes:
     def account(self, account: str, **deltas: int) -> None:
         row = self.accounts.setdefault(account, [0, 0, 0, 0])
         for name, value in deltas.items():
-            row[ACCOUNT_COLUMNS.index(name)] += value
+            row[_ACCOUNT_COLUMNS.index(name)] += value
 
     def transfer(
         self, call_id: str, kind: str, debit: str, credit: str, amount: Nano, state: str, now: float,

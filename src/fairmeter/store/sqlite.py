@@ -35,12 +35,10 @@ from fairmeter.ledger.model import (
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter
 from fairmeter.store.funding_sql import (
-    ACCOUNT_COLUMNS,
     UNREAD_ACCOUNTS,
     HeldFunding,
     Payer,
     Writes,
-    add_to_account,
     hold_funding,
     load_payer,
     plan_settlement,
@@ -209,11 +207,10 @@ class SQLiteStore:
         return writes
 
     def _flush_deferred(self) -> None:
-        """Write the queued account changes; runs inside the transaction, before COMMIT."""
-        tx = SQLiteTx(self.db)
-        for account, row in self._deferred.items():
-            run_now(add_to_account(tx, account, **dict(zip(ACCOUNT_COLUMNS, row, strict=True))))
-        self._deferred.clear()
+        """Write the queued account changes (the funding writes' own row statement); runs before COMMIT."""
+        if self._deferred:
+            run_now(Writes(accounts=self._deferred).flush(SQLiteTx(self.db)))
+            self._deferred = {}  # the sums went to that Writes; the next transaction starts new ones
 
     # ---- keys (each its own short transaction) --------------------------------------------------
 
