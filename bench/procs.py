@@ -60,20 +60,40 @@ class Server:
             time.sleep(0.01)
         raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout:g} s")
 
+    def pids(self) -> list[int]:
+        """The process and its descendants (``fairmeter serve --workers N``: the parent and its workers)."""
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo.extend(int(c) for c in (task / "children").read_text().split())
+        return out
+
     def cpu_ms(self) -> float:
-        """User + system CPU time of the process so far, in ms (from /proc/PID/stat)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[0] is the state (field 3 of stat); utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
+        """User + system CPU time so far of the process and its descendants, in ms (from /proc/PID/stat)."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                # fields[0] is the state (field 3 of stat); utime and stime are fields 14 and 15.
+                total += int(fields[11]) + int(fields[12])
+        return total * 1000.0 / CLK_TCK
 
     def memory_kb(self) -> dict[str, int]:
-        """VmHWM (peak resident set) and VmRSS of the process, in kB."""
-        out: dict[str, int] = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmHWM", "VmRSS"):
-                out[name] = int(value.split()[0])
+        """In kB, summed over the process and its descendants: VmHWM (peak resident set), VmRSS, and Pss
+        (the resident set with each page shared by n processes counted 1/n: what they use together)."""
+        out = {"VmHWM": 0, "VmRSS": 0, "Pss": 0}
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+                lines += Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                for line in lines:
+                    name, _, value = line.partition(":")
+                    if name in out:
+                        out[name] += int(value.split()[0])
         return out
 
     def stop(self) -> None:

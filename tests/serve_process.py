@@ -46,13 +46,13 @@ def write_config(path: Path, database_url: str, emulator: EmulatorServer, **sett
 class ServeProcess:
     """``fairmeter serve --config CONFIG --port PORT`` as an OS process of its own."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *args: str) -> None:
         self.port = free_port()
         self.log = log
         env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY}
         with log.open("w") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [EXE, "serve", "--config", str(config), "--port", str(self.port)],
+                [EXE, "serve", "--config", str(config), "--port", str(self.port), *args],
                 env=env, cwd=config.parent, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 

@@ -27,8 +27,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fairmeter.gateway.server import serve
 
     config = config_of(args)
+    workers = args.workers if args.workers is not None else config.workers
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1; got {workers}")
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after a graceful shutdown is not an error
-        serve(config, args.host or config.host, args.port if args.port is not None else config.port)
+        return serve(config, args.host or config.host, args.port if args.port is not None else config.port, workers)
     return 0
 
 
@@ -147,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     db_args(s)
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, help="gateway processes on the one port (default: the config's workers, 1)")
     s.set_defaults(fn=cmd_serve)
 
     e = sub.add_parser("emulator", help="run the provider emulator (OpenAI + Anthropic wire formats)")

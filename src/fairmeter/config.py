@@ -48,6 +48,7 @@ class Config:
     database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
     port: int = 8787
+    workers: int = 1  # gateway processes (`fairmeter serve --workers`)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     default_key_max_spend: Nano | None = None
     max_request: Nano | None = None
@@ -107,6 +108,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
         "database_url",
         "host",
         "port",
+        "workers",
         "upstreams",
         "default_key_max_spend_usd",
         "max_request_usd",
@@ -152,6 +154,9 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
     port = data.get("port", 8787)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
         raise ConfigError(f"{source}: port must be an integer 0..65535")
+    workers = data.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ConfigError(f"{source}: workers must be an integer 1..256 (gateway processes)")
     max_body = data.get("max_body_bytes", 32 * 1024 * 1024)
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body <= 0:
         raise ConfigError(f"{source}: max_body_bytes must be a positive integer")
@@ -159,6 +164,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
         database_url=str(data.get("database_url", DEFAULT_DATABASE_URL)),
         host=str(data.get("host", "127.0.0.1")),
         port=port,
+        workers=workers,
         upstreams=upstreams,
         default_key_max_spend=_usd(data.get("default_key_max_spend_usd"), "default_key_max_spend_usd"),
         max_request=_usd(data.get("max_request_usd"), "max_request_usd"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +103,53 @@ def test_submit_logs_instead_of_raising(store: SQLiteStore, caplog: pytest.LogCa
 
     asyncio.run(main())
     assert "background store operation failed" in caplog.text
+
+
+def test_a_batch_that_finds_the_write_lock_taken_does_not_block_the_loop(store: SQLiteStore, tmp_path: Path) -> None:
+    """Another process (here: another connection) writing: the batch waits its turn while the loop runs on."""
+    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+
+    async def main() -> tuple[bool, int, list[object]]:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held by someone else
+        holds = [asyncio.ensure_future(store.begin_call(_start(f"c{n}", key.id), 86400)) for n in range(3)]
+        ticks = 0
+        while store.committer.busy < 3:  # the loop keeps turning while the batch waits
+            await asyncio.sleep(0)
+            ticks += 1
+        waiting = not any(h.done() for h in holds)
+        late = asyncio.ensure_future(store.begin_call(_start("c_late", key.id), 86400))
+        await asyncio.sleep(0.003)
+        other.execute("COMMIT")
+        results = await asyncio.gather(*holds, late)
+        return waiting, ticks, [r.kind for r in results]
+
+    try:
+        waiting, ticks, kinds = asyncio.run(main())
+    finally:
+        other.close()
+    assert waiting and ticks > 0
+    assert kinds == ["held"] * 4
+    # the three queued holds and the one that came while they waited committed together, once the lock was free
+    assert asyncio.run(store.key_spend(store.db.execute("SELECT id FROM keys").fetchone()[0])) == (0, 4_000)
+    assert (store.committer.batches, store.committer.operations) == (1, 4)
+
+
+def test_closing_waits_for_the_write_lock_to_commit_what_is_queued(store: SQLiteStore, tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None, check_same_thread=False)
+
+    async def main() -> None:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        await store.begin_call(_start("c1", key.id), 86400)
+        store.mark_forwarded("c1")  # queued, not committed
+        other.execute("BEGIN IMMEDIATE")
+        releaser = threading.Timer(0.1, lambda: other.execute("COMMIT"))  # the other writer finishes later
+        releaser.start()
+        await store.close()  # waits for the lock (busy_timeout) rather than leaving the mark behind
+        releaser.join()
+
+    try:
+        asyncio.run(main())
+        assert other.execute("SELECT forwarded FROM calls WHERE id = 'c1'").fetchone() == (1,)
+    finally:
+        other.close()

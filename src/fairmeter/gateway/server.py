@@ -19,7 +19,8 @@ from fairmeter.gateway.meter import Meter
 from fairmeter.gateway.proxy import UpstreamCut
 from fairmeter.gateway.state import GatewayState
 from fairmeter.gateway.upstream import UpstreamClient
-from fairmeter.store import open_store
+from fairmeter.gateway.workers import run_workers
+from fairmeter.store import open_store, run_with
 
 
 def build_gateway(config: Config, clock: Clock | None = None, catalog: Catalog | None = None) -> Gateway:
@@ -49,12 +50,11 @@ class _QuietCuts(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_QuietCuts())
 
 
-def uvicorn_config(app: Gateway, host: str, port: int, fd: int | None = None) -> uvicorn.Config:
+def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        fd=fd,
         loop="uvloop",
         http="httptools",
         lifespan="on",
@@ -65,11 +65,25 @@ def uvicorn_config(app: Gateway, host: str, port: int, fd: int | None = None) ->
     )
 
 
-def serve(config: Config, host: str, port: int, clock: Clock | None = None) -> None:
-    """Serve until interrupted."""
-    app = build_gateway(config, clock)
-    print(f"fairmeter gateway listening on http://{host}:{port} (database {config.database_url})", flush=True)
-    uvicorn.Server(uvicorn_config(app, host, port)).run()
+def serve(config: Config, host: str, port: int, workers: int = 1) -> int:
+    """Serve until interrupted; returns the exit code. ``workers`` > 1: that many processes (`workers`)."""
+    if workers <= 1:
+        app = build_gateway(config)
+        print(f"fairmeter gateway listening on http://{host}:{port} (database {config.database_url})", flush=True)
+        uvicorn.Server(uvicorn_config(app, host, port)).run()
+        return 0
+    # Loaded once, before the workers fork: they share its memory until they change it.
+    catalog = Catalog(config.prices, cache_dir=config.price_cache_dir)
+
+    def prepare() -> None:  # migrate once, so the workers do not race to
+        run_with(open_store(config.database_url, time.time()), lambda store: store.pending_count())
+
+    def serve_worker(sock: socket.socket) -> None:
+        app = build_gateway(config, catalog=catalog)
+        uvicorn.Server(uvicorn_config(app, host, port)).run(sockets=[sock])
+
+    print(f"fairmeter gateway: database {config.database_url}", flush=True)
+    return run_workers(host, port, workers, prepare, serve_worker)
 
 
 class GatewayServer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ class GatewayState:
     catalog: Catalog
     meter: Meter
     upstream: UpstreamClient
-    owner: str = field(default_factory=lambda: "gw_" + secrets.token_hex(6))
+    # The lease owner: this process (its pid, for an operator) on this start (random: pids are reused).
+    owner: str = field(default_factory=lambda: f"gw_{os.getpid()}_{secrets.token_hex(4)}")
     _keys: dict[str, tuple[KeyRecord | None, float]] = field(default_factory=dict)
 
     def new_call_id(self) -> str:

@@ -10,6 +10,11 @@ so only the failing one reports an error.
 
 The committer knows nothing of SQL: it is given the store's ``transaction`` context manager (BEGIN on
 entry, COMMIT on a clean exit, ROLLBACK on an exception) and runs synchronous operations inside it.
+
+When another process holds the database's write lock (several ``fairmeter serve`` workers on one SQLite
+file), the transaction raises `LockBusy` on entry instead of waiting: the batch goes back to the head of
+the queue and is tried again ``RETRY_S`` later, while the event loop goes on serving (a blocking wait would
+stall every call of this process). Operations queued meanwhile join it, so a busy lock makes batches larger.
 """
 
 from __future__ import annotations
@@ -31,10 +36,19 @@ log = logging.getLogger("fairmeter.store")
 RIDE_S = 0.005  # float-ok: seconds
 
 
+# How long a batch that found the write lock taken waits before it tries again. uvloop's timers tick in
+# whole milliseconds; a shorter wait polls on every loop iteration and costs more CPU than it saves.
+RETRY_S = 0.001  # float-ok: seconds
+
+
+class LockBusy(Exception):
+    """Raised on entering a transaction when another connection holds the write lock; nothing was done."""
+
+
 class GroupCommitter:
     """Runs store operations on the event loop thread, batched into shared transactions."""
 
-    def __init__(self, transaction: Callable[[], AbstractContextManager[object]], batch: bool = True) -> None:
+    def __init__(self, transaction: Callable[[bool], AbstractContextManager[object]], batch: bool = True) -> None:
         self._transaction = transaction
         self.batch = batch  # False: every operation commits alone at once (the naive baseline of bench/ledger.py)
         self._queue: list[Op] = []
@@ -42,6 +56,7 @@ class GroupCommitter:
         self._riding: asyncio.TimerHandle | None = None
         self.batches = 0
         self.operations = 0
+        self.busy = 0  # attempts that found the write lock taken
 
     def run(self, op: Callable[[], T]) -> asyncio.Future[T]:
         """Queue ``op``; the returned future resolves after the transaction holding it has committed."""
@@ -49,7 +64,7 @@ class GroupCommitter:
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.append((op, fut))
         if not self.batch:
-            self.flush()
+            self.flush(wait=True)
         elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self.flush)
@@ -63,12 +78,13 @@ class GroupCommitter:
         fut.add_done_callback(_log_failure)
         self._queue.append((op, fut))
         if not self.batch:
-            self.flush()
+            self.flush(wait=True)
         elif not self._scheduled and self._riding is None:
             self._riding = loop.call_later(RIDE_S, self.flush)
 
-    def flush(self) -> None:
-        """Commit everything queued now (scheduled by ``run``; called directly before the store closes)."""
+    def flush(self, wait: bool = False) -> None:
+        """Commit everything queued now (scheduled by ``run``); ``wait=True`` (before the store closes, and
+        the naive mode) waits for another process's write lock instead of trying again later."""
         self._scheduled = False
         if self._riding is not None:
             self._riding.cancel()
@@ -77,7 +93,13 @@ class GroupCommitter:
         if not batch:
             return
         try:
-            results = self._run_batch(batch)
+            results = self._run_batch(batch, wait)
+        except LockBusy:  # another process is writing: try again soon, with whatever joins meanwhile
+            self.busy += 1
+            self._queue = batch + self._queue
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(RETRY_S, self.flush)
+            return
         except Exception:
             # One operation failed (they return result codes, so this is a bug or a database error):
             # the batch was rolled back; run each operation alone so only the failing one fails.
@@ -85,7 +107,7 @@ class GroupCommitter:
             results = []
             for op in batch:
                 try:
-                    results.extend(self._run_batch([op]))
+                    results.extend(self._run_batch([op], True))
                 except Exception as exc:
                     results.append((op[1], False, exc))
         self.batches += 1
@@ -98,9 +120,9 @@ class GroupCommitter:
             else:
                 fut.set_exception(value)
 
-    def _run_batch(self, batch: list[Op]) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    def _run_batch(self, batch: list[Op], wait: bool) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         """All operations in one transaction; on any exception the whole transaction is rolled back."""
-        with self._transaction():
+        with self._transaction(wait):
             return [(fut, True, op()) for op, fut in batch]
 
 

@@ -33,7 +33,7 @@ from fairmeter.ledger.model import (
     settlement_for,
 )
 from fairmeter.money import Nano
-from fairmeter.store.batch import GroupCommitter
+from fairmeter.store.batch import GroupCommitter, LockBusy
 from fairmeter.store.funding_sql import (
     UNREAD_ACCOUNTS,
     HeldFunding,
@@ -61,6 +61,7 @@ from fairmeter.store.records import (
 from fairmeter.store.sql import SQLiteTx, Tx, run_now
 
 CHECKPOINT_INTERVAL_S = 0.5
+BUSY_TIMEOUT_MS = 10_000  # how long anything but a group commit waits for another process's write lock
 T = TypeVar("T")
 log = logging.getLogger("fairmeter.store")
 
@@ -93,7 +94,7 @@ class SQLiteStore:
         self.db.execute("PRAGMA page_size=1024")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self.db.execute("PRAGMA foreign_keys=ON")
         apply_migrations(self.db, now)
         # Payers (plan and switches) as last read; valid while no other connection has committed
@@ -124,7 +125,7 @@ class SQLiteStore:
 
     def _checkpoint_loop(self, interval_s: float) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             while not self._stop.wait(interval_s):
                 try:
@@ -137,7 +138,7 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Commit what is still queued (a forwarded mark), stop the checkpointer, close the file."""
-        self.committer.flush()
+        self.committer.flush(wait=True)
         if self._checkpointer is not None:
             self._stop.set()
             self._checkpointer.join(timeout=10)
@@ -149,14 +150,21 @@ class SQLiteStore:
         """One write transaction (BEGIN IMMEDIATE … COMMIT, ROLLBACK on error), for anything but the hot path:
         it may change a payer, so the payers read so far are forgotten."""
         self._payers.clear()
-        with self._batch_transaction() as db:
+        with self._batch_transaction(wait=True) as db:
             yield db
         self._payers.clear()
 
     @contextmanager
-    def _batch_transaction(self) -> Iterator[sqlite3.Connection]:
-        """A group commit's transaction; the payers read so far stay valid unless another connection wrote."""
-        self.db.execute("BEGIN IMMEDIATE")
+    def _batch_transaction(self, wait: bool) -> Iterator[sqlite3.Connection]:
+        """A group commit's transaction; the payers read so far stay valid unless another connection wrote.
+
+        ``wait=False`` (a group commit): if another connection holds the write lock, raise `LockBusy`
+        at once rather than let SQLite's busy handler sleep on the event-loop thread.
+        """
+        if wait:
+            self.db.execute("BEGIN IMMEDIATE")
+        else:
+            self._begin_nowait()
         try:
             version = self.db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:  # another process committed (a CLI command, say)
@@ -170,6 +178,17 @@ class SQLiteStore:
                 self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def _begin_nowait(self) -> None:
+        self.db.execute("PRAGMA busy_timeout=0")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            raise LockBusy(str(exc)) from None
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _payer(self, payer_id: str) -> Payer | None:
         """The payer with its plan and switches, read once per change (the write lock is held: see above)."""
