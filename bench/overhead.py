@@ -6,13 +6,15 @@ streamed (20 chunks), at concurrency 1 and 64. For each of the four points it pr
 gateway adds at p50 and p99, its throughput as a share of direct, and its CPU time per request;
 then the gateway's peak RSS and the time from spawning ``fairmeter serve`` to its first answered
 call. Every figure is a ratio or difference against the direct call measured in the same run, on
-the same machine; nothing is asserted on timings.
+the same machine; nothing is asserted on timings. The gateway runs with ``--workers`` processes (default:
+one per core, as one would deploy it); its CPU is summed over them, and its memory is the peak of their
+summed PSS (each shared page counted once), or one process's VmHWM.
 
 Afterwards the ledger is checked: ``fairmeter verify`` must report balanced books, and the calls
 recorded must equal the requests wrk sent (completed, plus those in flight when wrk's timer
 stopped, which the gateway still settles). A failed check is the only non-zero exit.
 
-    python bench/overhead.py [--duration 6] [--warmup 2] [--with-bare] [--compare-clients] [--json OUT]
+    python bench/overhead.py [--duration 6] [--warmup 2] [--workers N] [--with-bare] [--compare-clients] [--json OUT]
 
 ``--with-bare`` also measures bench/bare_proxy.py (a pass-through proxy with no metering) in the
 same run; ``--compare-clients`` adds the bare proxy on httpx2 instead of aiohttp.
