@@ -76,6 +76,17 @@ class Gw:
                 raise AssertionError(f"call {call_id} not settled: {row}")
             time.sleep(0.01)
 
+    def spend(self, key_id: str, wait: float = 5.0) -> tuple[int, int]:
+        """The key's (spent, held) once none of its calls is pending: a call is settled just after its client
+        has the response (the gateway's own API waits for that; this test thread polls)."""
+        deadline = time.monotonic() + wait
+        while self.store.list_calls(CallPage(key_id, limit=1, status="pending")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"calls of {key_id} still pending after {wait} s")
+            time.sleep(0.005)
+        spend: tuple[int, int] = self.store.key_spend(key_id)
+        return spend
+
     def calls(self) -> list[dict[str, Any]]:
         from fairmeter.store.records import call_json
 

@@ -230,7 +230,7 @@ def test_a_good_request_is_forwarded_and_tag_counted(gateway: Gw, emulator: Emul
     reply = post(gateway, ROUTES[route].path, ROUTES[route].good, {"x-emulator-tag": tag}, secret=secret)
     assert reply.status == 200, reply.body
     assert emulator.stats()["tags"][tag]["requests"] == 1
-    spent, held = gateway.store.key_spend(key_id)
+    spent, held = gateway.spend(key_id)
     assert spent > 0 and held == 0
     assert gateway.call(reply.headers["fairmeter-call-id"])["status"] == "ok"
 
@@ -588,7 +588,7 @@ def test_call_over_the_cap_is_refused_with_every_amount(gateway: Gw, emulator: E
     info = ROUTES[route]
     first = post(gateway, info.path, info.good, secret=secret)
     assert first.status == 200, first.body
-    spent, held = gateway.store.key_spend(key_id)
+    spent, held = gateway.spend(key_id)
     assert spent > 0 and held == 0
     # A slow call keeps its hold while the refused one arrives, so "held" is not zero.
     slow_headers = {"x-emulator-latency-ms": "800"}
@@ -610,7 +610,7 @@ def test_call_over_the_cap_is_refused_with_every_amount(gateway: Gw, emulator: E
         assert amount in amounts, f"${amount} missing from {amounts}"
     thread.join(10)
     assert isinstance(out[0], Reply) and out[0].status == 200
-    assert gateway.store.key_spend(key_id)[1] == 0
+    assert gateway.spend(key_id)[1] == 0
 
 
 @pytest.mark.parametrize("route", ROUTES)

@@ -372,3 +372,30 @@ def test_non_finite_times_are_refused(gateway: Gw, sdk: list[Any], value: str) -
         status, _, body = get(gateway, "/fairmeter/v1/calls", secret, **{name: value})
         assert status == 400, f"{name}={value} answered {status} {body}"
         assert body["error"]["param"] == name
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_settlement_follows_the_response_and_the_api_waits_for_it(
+    gateway: Gw, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """The client gets its answer before the ledger commits it; this process's API never shows it unsettled."""
+    from fairmeter.store import batch
+
+    monkeypatch.setattr(batch, "RIDE_S", 1.0)  # the settlement rides this long when no other call comes
+    key_id, secret = gateway.key()
+    client = openai.OpenAI(base_url=gateway.openai_base_url, api_key=secret, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=PROMPT,
+        max_tokens=20,
+        stream=stream,  # type: ignore[call-overload]
+    )
+    if stream:
+        list(raw.parse())  # the whole stream, to its end
+    else:
+        assert raw.parse().choices[0].message.content
+    call_id = raw.headers["fairmeter-call-id"]
+    assert gateway.store.get_call(call_id)["status"] == "pending"  # the answer came first
+    status, _, record = get(gateway, f"/fairmeter/v1/calls/{call_id}", secret)
+    assert status == 200 and record["status"] == "ok" and Decimal(record["billed_usd"]) > 0
+    assert gateway.store.key_spend(key_id) == (to_nano(Decimal(record["billed_usd"])), 0)

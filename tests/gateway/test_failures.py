@@ -53,7 +53,7 @@ def test_connection_reset_costs_nothing(gateway: Gw) -> None:
             extra_headers={"x-emulator-reset": "1"},  # type: ignore[arg-type]
         )
     assert err.value.status_code == 502
-    assert gateway.store.key_spend(key_id) == (0, 0)
+    assert gateway.spend(key_id) == (0, 0)
 
 
 def _stream_until_overloaded(gateway: Gw, secret: str, after_events: int) -> None:
@@ -265,7 +265,7 @@ def test_two_hundred_concurrent_calls_never_pass_the_cap(gateway: Gw) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=200) as pool:
         results = list(pool.map(one, range(200)))
-    spent, held = gateway.store.key_spend(key_id)
+    spent, held = gateway.spend(key_id)
     assert held == 0
     assert spent <= cap
     assert results.count("ok") >= 10

@@ -153,3 +153,29 @@ def test_closing_waits_for_the_write_lock_to_commit_what_is_queued(store: SQLite
         assert other.execute("SELECT forwarded FROM calls WHERE id = 'c1'").fetchone() == (1,)
     finally:
         other.close()
+
+
+def test_a_riding_settlement_waits_for_the_next_hold_or_a_moment(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``finish_call(ride=True)``: no transaction of its own; it shares the next one, or commits after RIDE_S."""
+    end = CallEnd("ok", 200, "complete", None, "0", 500, False, None, 1.0)
+
+    async def main() -> tuple[bool, int, int]:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        await store.begin_call(_start("c1", key.id), 86400)
+        monkeypatch.setattr(batch, "RIDE_S", 5.0)
+        before = store.committer.batches
+        settled = asyncio.ensure_future(store.finish_call("c1", end, 1.0, ride=True))
+        await asyncio.sleep(0.05)
+        waiting = not settled.done()
+        await store.begin_call(_start("c2", key.id), 86400)  # the next call's hold takes it along
+        await settled
+        shared = store.committer.batches - before
+        monkeypatch.setattr(batch, "RIDE_S", 0.01)
+        await store.finish_call("c2", end, 1.0, ride=True)  # nothing else comes: it commits a moment later
+        return waiting, shared, store.committer.batches - before
+
+    waiting, shared, total = asyncio.run(main())
+    assert waiting and shared == 1 and total == 2
+    assert asyncio.run(store.key_spend(store.db.execute("SELECT id FROM keys").fetchone()[0])) == (1_000, 0)

@@ -64,3 +64,38 @@ def test_a_switch_changed_by_another_process_or_through_the_store_reaches_the_ne
         await cli.close()
 
     asyncio.run(main())
+
+
+def test_an_uncapped_period_counter_is_written_once_per_transaction_a_capped_one_at_once(tmp_path: Path) -> None:
+    """A payer's overage period counter is summed per group commit when no cap reads it, and written by every
+    hold and settlement when a cap does (so the next hold in the same transaction sees it)."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    calls = 8
+
+    async def run(cap_usd: str | None) -> tuple[list[str], tuple[int, int]]:
+        store = open_store(url, NOW)
+        assert isinstance(store, SQLiteStore)
+        org = "uncapped" if cap_usd is None else "capped"
+        await store.run(lambda tx: admin_sql.create_org(tx, org, "test", NOW))
+        switches = {} if cap_usd is None else {"overage_cap_usd": cap_usd}
+        payer = (await store.run(lambda tx: admin_sql.create_payer(tx, org, None, "payg", switches, "test", NOW)))["id"]
+        key, _ = await store.create_key(org, None, False, NOW)
+        await store.run(lambda tx: admin_sql.assign_key(tx, key.id, org, None, "svc", "test", NOW))
+        writes: list[str] = []
+        store.db.set_trace_callback(lambda sql: writes.append(sql) if "INTO period_usage" in sql else None)
+        base = 1000 if cap_usd is None else 2000
+        kinds = await asyncio.gather(*(outcome(store, base + n, key.id, payer) for n in range(calls)))
+        store.db.set_trace_callback(None)
+        assert kinds == ["held"] * calls
+        row = store.db.execute(
+            "SELECT used, held FROM period_usage WHERE payer_id = ? AND what = 'overage'", (payer,)
+        ).fetchone()
+        await store.close()
+        return writes, (row[0], row[1])
+
+    writes, counted = asyncio.run(run(None))
+    assert counted == (calls * HOLD // 2, 0)  # every settlement counted, every hold released
+    assert len(writes) <= 2  # the holds' batch and the settlements' batch: one write each
+    writes, counted = asyncio.run(run("1.00"))
+    assert counted == (calls * HOLD // 2, 0)
+    assert len(writes) == 2 * calls  # each hold and each settlement, at once

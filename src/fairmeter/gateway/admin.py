@@ -266,6 +266,7 @@ async def handle_admin(state: GatewayState, scope: Scope, receive: Receive, send
             raise AdminRequired(
                 f"The admin API needs an admin key (made with 'fairmeter keys create --admin'); {key.id} is not one."
             )
+        await state.settled()  # a refund or a limit read sees every call whose response was sent as settled
         method: str = scope["method"]
         route, args = find_route(method, scope["path"])
         body = await json_object(scope, receive, state.config.max_body_bytes) if method != "GET" else {}

@@ -45,6 +45,7 @@ async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
     call_id = state.new_call_id()
     try:
         key = await state.authenticate(scope["headers"])
+        await state.settled()  # a call whose response was sent is read settled
         path: str = scope["path"]
         if scope["method"] != "GET":
             raise NotFound(f"{scope['method']} {path} is not a fairmeter API route.")

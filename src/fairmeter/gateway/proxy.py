@@ -247,8 +247,10 @@ async def _upstream_failed(
     if start.idempotency_key is not None and report.status is not UsageStatus.ERROR:
         stored = StoredResponse(status, [(k.decode(), v.decode()) for k, v in headers], body, False)
     reconcile = report.status is UsageStatus.UNKNOWN
-    await _settle(state, start, quote, report, "upstream_error", None, msg, stored, reconcile=reconcile)
-    await send_whole(send, status, headers, body)
+    try:
+        await send_whole(send, status, headers, body)
+    finally:
+        await _settle(state, start, quote, report, "upstream_error", None, msg, stored, reconcile=reconcile)
 
 
 async def _relay_body(
@@ -262,8 +264,9 @@ async def _relay_body(
 ) -> None:
     """Non-streamed: pass chunks through as they come; if the client leaves, finish and settle anyway.
 
-    The last chunk is held back until the call is settled, so a client that has the whole response
-    always finds its call record (and an idempotent retry its stored response) already committed.
+    The last chunk is held back until the whole body has arrived (a body cut short is passed on as a cut,
+    never as a whole response). The settlement follows the response: the client does not wait for it
+    (docs/architecture.md, "Settled after the response").
     """
     headers = response_headers(resp, start.id, keep_length=True)
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -285,12 +288,15 @@ async def _relay_body(
     if status == "upstream_error":
         message = f"the upstream answered HTTP {resp.status}; a failed call costs nothing"
     stored = _stored(resp, headers, body, False) if keep else None
-    await _settle(state, start, quote, report, status, resp.status, message, stored)
+    try:
+        if not cut:  # the client has its whole answer before the ledger work, which it need not wait for
+            await send({"type": "http.response.body", "body": chunks[-1] if chunks else b"", "more_body": False})
+    finally:
+        await _settle(state, start, quote, report, status, resp.status, message, stored)
     if cut:
         if chunks:
             await send({"type": "http.response.body", "body": chunks[-1], "more_body": True})
         raise UpstreamCut(start.id)
-    await send({"type": "http.response.body", "body": chunks[-1] if chunks else b"", "more_body": False})
 
 
 async def _relay_stream(
@@ -350,11 +356,13 @@ async def _relay_stream(
     else:
         status = "ok"
     stored = _stored(resp, headers, b"".join(sent), True) if keep else None
-    await _settle(state, start, quote, report, status, resp.status, None, stored)
+    try:
+        if ended and not client_gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await _settle(state, start, quote, report, status, resp.status, None, stored)
     if not ended and not client_gone:
         raise UpstreamCut(start.id)  # pass the cut on: the client must not mistake it for a whole stream
-    if not client_gone:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: Response) -> None:
@@ -412,6 +420,14 @@ async def _settle(
         tokens=bill.tokens,
     )
     void = report.status is UsageStatus.ERROR
-    overrun = await state.store.finish_call(start.id, end, now, void=void, needs_reconciliation=reconcile)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    state.settling[start.id] = done
+    try:  # the client has its response already (or is gone): nobody waits for this commit but API readers
+        overrun = await state.store.finish_call(
+            start.id, end, now, void=void, needs_reconciliation=reconcile, ride=True
+        )
+    finally:
+        del state.settling[start.id]
+        done.set_result(None)
     if overrun:
         log.error("call %s cost %d nano-USD more than its hold; posted as an overrun", start.id, overrun)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -30,6 +31,14 @@ class GatewayState:
     # The lease owner: this process (its pid, for an operator) on this start (random: pids are reused).
     owner: str = field(default_factory=lambda: f"gw_{os.getpid()}_{secrets.token_hex(4)}")
     _keys: dict[str, tuple[KeyRecord | None, float]] = field(default_factory=dict)
+    # Settlements under way whose client already has its response (call id → done), so that a read of this
+    # process's API waits for them: a client that has its response finds the call settled (`settled`).
+    settling: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    async def settled(self) -> None:
+        """Wait until every settlement this process has begun has committed (at most a group commit's wait)."""
+        if self.settling:
+            await asyncio.wait(list(self.settling.values()))
 
     def new_call_id(self) -> str:
         """Time-ordered (microseconds, hex) then random: new rows land at the end of the id index."""

@@ -3,7 +3,8 @@
 An operation is queued and a flush is scheduled with ``loop.call_soon``: when the loop is idle the
 flush runs on its very next iteration (no timer), and every operation queued meanwhile by other
 requests joins the same transaction. An operation nobody waits for (``submit``: the "forwarded" mark)
-schedules no flush of its own; it rides with the next one, or commits after ``RIDE_S``. Operations report
+schedules no flush of its own; it rides with the next one, or commits after ``RIDE_S``; so does one whose
+waiter is in no hurry (``run(op, ride=True)``: a settlement, sent after the client has its response). Operations report
 outcomes as result codes, so they do not
 raise in normal use; if one does, the batch is rolled back and its operations are run one by one,
 so only the failing one reports an error.
@@ -30,9 +31,9 @@ Op = tuple[Callable[[], Any], asyncio.Future[Any]]
 log = logging.getLogger("fairmeter.store")
 
 
-# An operation nobody waits for (``submit``) rides with the next batch someone waits for, or commits
-# after this long: at concurrency 1 a call's "forwarded" mark then shares its settlement's transaction
-# instead of paying for one of its own.
+# An operation nobody waits for (``submit``), or nobody in a hurry (``run(ride=True)``), rides with the next
+# batch someone waits for, or commits after this long: at concurrency 1 a call's "forwarded" mark and its
+# settlement then share the next call's hold transaction instead of paying for one each.
 RIDE_S = 0.005  # float-ok: seconds
 
 
@@ -58,13 +59,20 @@ class GroupCommitter:
         self.operations = 0
         self.busy = 0  # attempts that found the write lock taken
 
-    def run(self, op: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue ``op``; the returned future resolves after the transaction holding it has committed."""
+    def run(self, op: Callable[[], T], ride: bool = False) -> asyncio.Future[T]:
+        """Queue ``op``; the returned future resolves after the transaction holding it has committed.
+
+        ``ride``: schedule no flush of its own, as ``submit`` (a settlement whose client already has its
+        response); it commits with the next batch, at most ``RIDE_S`` from now.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.append((op, fut))
         if not self.batch:
             self.flush(wait=True)
+        elif ride:
+            if not self._scheduled and self._riding is None:
+                self._riding = loop.call_later(RIDE_S, self.flush)
         elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self.flush)

@@ -407,8 +407,11 @@ class PostgresStore:
         void: bool = False,
         expired: bool = False,
         needs_reconciliation: bool = False,
+        ride: bool = False,
     ) -> Nano:
         """Resolve a pending hold in one statement: post ``end.billed`` and release the rest, or void it.
+
+        ``ride`` changes nothing here: the statement goes at once, on a pooled connection.
 
         Returns the overrun posted (0 normally). A call that is no longer pending is left as it is: the
         guarded update of its row matches nothing, and PostgreSQL re-checks the guard against the newest

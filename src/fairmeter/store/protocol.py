@@ -89,10 +89,13 @@ class Store(Protocol):
         void: bool = False,
         expired: bool = False,
         needs_reconciliation: bool = False,
+        ride: bool = False,
     ) -> Nano:
         """Settle (post ``end.billed``, release the rest) or void a pending call; returns any overrun.
 
         A call that is no longer pending is left as it is (two resolutions never both apply).
+        ``ride``: nobody is waiting for this commit (the client already has its response), so a store may
+        let it share the next transaction of its own (SQLite: `fairmeter.store.batch.RIDE_S` at most).
         """
 
     async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:

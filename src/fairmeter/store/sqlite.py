@@ -82,6 +82,7 @@ class SQLiteStore:
         self.path = path
         self._checkpointer: threading.Thread | None = None
         self._deferred: dict[str, list[Nano]] = {}  # account → [debits pending, posted, credits pending, posted]
+        self._deferred_periods: dict[tuple[str, str, float], list[Nano]] = {}  # (payer, what, start) → [used, held]
         self._stop = threading.Event()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +175,7 @@ class SQLiteStore:
             self._flush_deferred()
         except BaseException:
             self._deferred.clear()
+            self._deferred_periods.clear()
             if self.db.in_transaction:  # some errors (a full disk) end the transaction themselves
                 self.db.execute("ROLLBACK")
             raise
@@ -219,17 +221,26 @@ class SQLiteStore:
             for i, d in enumerate(deltas):
                 row[i] += d
 
-    def _defer_unread(self, writes: Writes) -> Writes:
-        """Move the funding writes' overage and subscription accounts to the once-per-transaction sums."""
+    def _defer_unread(self, writes: Writes, payer: Payer | None) -> Writes:
+        """Move the funding writes' overage and subscription accounts to the once-per-transaction sums, and the
+        payer's spill and overage period counters when no cap reads them (``load_funding`` reads a period's
+        counter only to check that period's cap; ``payer`` None: not known here, so nothing is moved)."""
         for account in [a for a in writes.accounts if a.startswith(UNREAD_ACCOUNTS)]:
             self._defer(account, writes.accounts.pop(account))
+        if payer is not None and writes.periods:
+            caps = {"spill": payer.switches.spill_cap, "overage": payer.switches.overage_cap}
+            for key in [k for k in writes.periods if caps.get(k[1], 0) is None]:
+                used, held = writes.periods.pop(key)
+                row = self._deferred_periods.setdefault(key, [0, 0])
+                row[0] += used
+                row[1] += held
         return writes
 
     def _flush_deferred(self) -> None:
         """Write the queued account changes (the funding writes' own row statement); runs before COMMIT."""
-        if self._deferred:
-            run_now(Writes(accounts=self._deferred).flush(SQLiteTx(self.db)))
-            self._deferred = {}  # the sums went to that Writes; the next transaction starts new ones
+        if self._deferred or self._deferred_periods:
+            run_now(Writes(accounts=self._deferred, periods=self._deferred_periods).flush(SQLiteTx(self.db)))
+            self._deferred, self._deferred_periods = {}, {}  # the sums went to that Writes; the next transaction
 
     # ---- keys (each its own short transaction) --------------------------------------------------
 
@@ -283,10 +294,11 @@ class SQLiteStore:
         void: bool = False,
         expired: bool = False,
         needs_reconciliation: bool = False,
+        ride: bool = False,
     ) -> Nano:
         """Settle or void a pending call; returns the overrun posted (0 normally). See `_finish_call`."""
         return await self.committer.run(
-            lambda: self._finish_call(call_id, end, now, void, expired, needs_reconciliation)
+            lambda: self._finish_call(call_id, end, now, void, expired, needs_reconciliation), ride=ride
         )
 
     async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
@@ -371,7 +383,7 @@ class SQLiteStore:
                 self._free_idempotency(call)
                 return fh.refused()
             assert fh.held is not None and fh.writes is not None
-            run_now(self._defer_unread(fh.writes).flush(SQLiteTx(db)))
+            run_now(self._defer_unread(fh.writes, payer).flush(SQLiteTx(db)))
             funding_json = fh.json
             self._held[call.id] = (call.payer_id, fh.held, account)
         self._credit(provider, call.reserved, 0)
@@ -440,6 +452,7 @@ class SQLiteStore:
         # explanation in the same update (else it is settled after, from the record's funding hold).
         planned: Writes | None = None
         held = self._held.pop(call_id, None)
+        payer = self._payers.get(held[0]) if held is not None else None  # as this transaction knows it, if it does
         if held is not None:
             planned, done, _, _ = run_now(
                 plan_settlement(SQLiteTx(db), call_id, held[0], held[2], held[1], Size(actual, end.tokens), now,
@@ -504,7 +517,7 @@ class SQLiteStore:
         self._credit(credit, -held, actual)
         if planned is not None:
             planned.call = None  # already in the update above
-            run_now(self._defer_unread(planned).flush(SQLiteTx(db)))
+            run_now(self._defer_unread(planned, payer).flush(SQLiteTx(db)))
         elif row["funding_json"] is not None:
             self._settle_funding(
                 call_id, row["payer_id"], debit, row["funding_json"], Size(actual, end.tokens), now, void
