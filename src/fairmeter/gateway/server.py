@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import threading
@@ -65,11 +66,26 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
     )
 
 
+# The cyclic garbage collector's first-generation threshold for a serving process (Python's default: 700
+# allocations). A call allocates a few thousand objects, nearly all freed by reference counting, so the
+# default runs a collection every few calls; 20,000 and the start-up objects frozen out of the scans
+# (``gc.freeze``) saved about 3 % of the CPU per call under load (docs/performance.md).
+GC_THRESHOLD = (20_000, 20, 20)
+
+
+def _tune_gc() -> None:
+    """For a serving process, once its long-lived objects exist (a worker also keeps its pages shared)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def serve(config: Config, host: str, port: int, workers: int = 1) -> int:
     """Serve until interrupted; returns the exit code. ``workers`` > 1: that many processes (`workers`)."""
     if workers <= 1:
         app = build_gateway(config)
         print(f"fairmeter gateway listening on http://{host}:{port} (database {config.database_url})", flush=True)
+        _tune_gc()
         uvicorn.Server(uvicorn_config(app, host, port)).run()
         return 0
     # Loaded once, before the workers fork: they share its memory until they change it.
@@ -80,9 +96,11 @@ def serve(config: Config, host: str, port: int, workers: int = 1) -> int:
 
     def serve_worker(sock: socket.socket) -> None:
         app = build_gateway(config, catalog=catalog)
+        _tune_gc()
         uvicorn.Server(uvicorn_config(app, host, port)).run(sockets=[sock])
 
     print(f"fairmeter gateway: database {config.database_url}", flush=True)
+    gc.freeze()  # what the workers inherit stays out of their collections, so its pages stay shared
     return run_workers(host, port, workers, prepare, serve_worker)
 
 
