@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -425,3 +426,19 @@ def test_an_unsupported_database_url_exits_2_with_a_message(tmp_path: Path, argv
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("fairmeter: unsupported database_url mysql://…: expected sqlite:///PATH")
     assert "hunter2" not in proc.stderr
+
+
+def test_serve_refuses_fewer_than_one_worker(tmp_path: Path) -> None:
+    proc = run("serve", "--workers", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--workers must be at least 1; got 0" in proc.stderr
+
+
+def test_workers_on_a_port_another_program_holds_exit_1_with_a_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # bound without SO_REUSEPORT: the workers may not share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run("serve", "--workers", "2", "--port", str(port), cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr

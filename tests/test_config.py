@@ -329,3 +329,11 @@ def test_price_cache_dir_defaults_to_the_user_cache_and_can_be_turned_off() -> N
     assert parse_config({}, {}, "t").price_cache_dir is None
     assert parse_config({"price_cache_dir": ""}, {"HOME": "/h"}, "t").price_cache_dir is None
     assert parse_config({"price_cache_dir": "/p"}, {}, "t").price_cache_dir == Path("/p")
+
+
+def test_workers_is_a_whole_number_of_processes() -> None:
+    assert parse_config({}, {}, "t").workers == 1
+    assert parse_config({"workers": 4}, {}, "t").workers == 4
+    for bad in (0, -1, 1.5, True, "2", 1000):
+        with pytest.raises(ConfigError, match=r"workers must be an integer 1\.\.256"):
+            parse_config({"workers": bad}, {}, "t")

@@ -82,7 +82,7 @@ def run_workers(
         nonlocal stopping
         if not stopping:
             stopping = True
-            for pid in children:
+            for pid in list(children):
                 _signal(pid, signal.SIGTERM)
 
     for _ in range(workers):
@@ -100,7 +100,7 @@ def run_workers(
             break
         if pid == 0:  # stopping: poll until every worker is gone, then kill what remains
             if deadline is not None and time.monotonic() > deadline:
-                for child in children:
+                for child in list(children):
                     _signal(child, signal.SIGKILL)
                 deadline = time.monotonic() + STOP_TIMEOUT_S
             time.sleep(0.05)

@@ -4,10 +4,9 @@ An operation is queued and a flush is scheduled with ``loop.call_soon``: when th
 flush runs on its very next iteration (no timer), and every operation queued meanwhile by other
 requests joins the same transaction. An operation nobody waits for (``submit``: the "forwarded" mark)
 schedules no flush of its own; it rides with the next one, or commits after ``RIDE_S``; so does one whose
-waiter is in no hurry (``run(op, ride=True)``: a settlement, sent after the client has its response). Operations report
-outcomes as result codes, so they do not
-raise in normal use; if one does, the batch is rolled back and its operations are run one by one,
-so only the failing one reports an error.
+waiter is in no hurry (``run(op, ride=True)``: a settlement, made after the client has its response).
+Operations report outcomes as result codes, so they do not raise in normal use; if one does, the batch
+is rolled back and its operations are run one by one, so only the failing one reports an error.
 
 The committer knows nothing of SQL: it is given the store's ``transaction`` context manager (BEGIN on
 entry, COMMIT on a clean exit, ROLLBACK on an exception) and runs synchronous operations inside it.

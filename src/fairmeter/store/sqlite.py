@@ -138,7 +138,7 @@ class SQLiteStore:
             conn.close()
 
     async def close(self) -> None:
-        """Commit what is still queued (a forwarded mark), stop the checkpointer, close the file."""
+        """Commit what is still queued (forwarded marks, riding settlements), stop the checkpointer, close."""
         self.committer.flush(wait=True)
         if self._checkpointer is not None:
             self._stop.set()
