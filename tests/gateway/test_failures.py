@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import http.client
 import json
@@ -17,6 +18,8 @@ from tests.conftest import Gw
 from tests.gateway.test_metering import PROMPT, ant, oai
 
 from fairmeter.money import NANO_PER_USD
+
+pytest_plugins = ("tests.pg",)
 
 
 def tag_stats(emulator, tag: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -274,3 +277,60 @@ def test_two_hundred_concurrent_calls_never_pass_the_cap(gateway: Gw) -> None:
     for c in gateway.calls():
         if c["key_id"] == key_id and c["status"] == "refused":
             assert c["error_code"] == "budget_exceeded"
+
+
+def _api(origin: str, secret: str, path: str) -> dict:  # type: ignore[type-arg]
+    with httpx.Client(base_url=origin, headers={"Authorization": f"Bearer {secret}"}) as http:
+        reply = http.get(path)
+        assert reply.status_code == 200, reply.text
+        return reply.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_repeat_right_after_the_response_gets_the_replay_not_a_409(
+    emulator,
+    tmp_path,
+    request: pytest.FixtureRequest,
+    backend: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """The settlement follows the response; a repeat with the same Idempotency-Key that arrives before it has
+    committed waits for it, and gets the stored response (charged nothing), on either backend."""
+    from tests.conftest import gateway_config
+
+    from fairmeter.gateway.server import GatewayServer
+    from fairmeter.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'fm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+
+    async def new_key() -> str:
+        store = open_store(url, time.time())
+        try:
+            return (await store.create_key("k", None, False, time.time()))[1]
+        finally:
+            await store.close()
+
+    secret = asyncio.run(new_key())
+    with GatewayServer(gateway_config(emulator, tmp_path / "fm.db", database_url=url)) as server:
+        store = server.state.store
+        finish = store.finish_call
+
+        async def slow_finish(*args, **kwargs):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.3)  # hold the settlement open: the repeat arrives before it commits
+            return await finish(*args, **kwargs)
+
+        store.finish_call = slow_finish  # type: ignore[method-assign]
+        headers = {"Idempotency-Key": f"right-after-{backend}"}
+        with openai.OpenAI(base_url=server.openai_base_url, api_key=secret, max_retries=0) as client:
+            first, again = (
+                client.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=PROMPT, max_tokens=20, extra_headers=headers
+                )
+                for _ in range(2)
+            )
+        assert again.status_code == 200
+        assert again.headers["fairmeter-replay-of"] == first.headers["fairmeter-call-id"]
+        assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+        record = _api(server.origin, secret, f"/fairmeter/v1/calls/{first.headers['fairmeter-call-id']}")
+        budget = _api(server.origin, secret, "/fairmeter/v1/limits")["key"]
+    assert record["status"] == "ok" and Decimal(record["billed_usd"]) > 0
+    assert (budget["spent_usd"], budget["held_usd"]) == (record["billed_usd"], "0")

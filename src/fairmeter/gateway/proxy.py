@@ -83,6 +83,8 @@ async def metered_call(state: GatewayState, route: Route, scope: Scope, receive:
         await state.store.record_refusal(start, "client_disconnected", "client_disconnected", why, now)
         return
     start = _start(state, route, call_id, key, parsed, quote, idem, started)
+    if idem is not None and (settling := state.settling_keys.get((start.key_id or "", idem))) is not None:
+        await settling  # a repeat of a call whose response went out and whose settlement is under way: replay it
     outcome = await state.store.begin_call(start, state.config.idempotency_ttl_s)
     if outcome.kind == "refused":
         r = outcome.refused
@@ -422,12 +424,17 @@ async def _settle(
     void = report.status is UsageStatus.ERROR
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     state.settling[start.id] = done
-    try:  # the client has its response already (or is gone): nobody waits for this commit but API readers
+    idem = (start.key_id, start.idempotency_key) if start.key_id and start.idempotency_key else None
+    if idem is not None:
+        state.settling_keys[idem] = done
+    try:  # the client has its response already (or is gone): nobody waits for this commit but readers and repeats
         overrun = await state.store.finish_call(
             start.id, end, now, void=void, needs_reconciliation=reconcile, ride=True
         )
     finally:
         del state.settling[start.id]
+        if idem is not None and state.settling_keys.get(idem) is done:
+            del state.settling_keys[idem]
         done.set_result(None)
     if overrun:
         log.error("call %s cost %d nano-USD more than its hold; posted as an overrun", start.id, overrun)

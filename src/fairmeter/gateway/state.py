@@ -34,6 +34,8 @@ class GatewayState:
     # Settlements under way whose client already has its response (call id → done), so that a read of this
     # process's API waits for them: a client that has its response finds the call settled (`settled`).
     settling: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # The same settlements by (key id, Idempotency-Key), for a repeat that arrives while its call settles.
+    settling_keys: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
     _id_part: str = field(default_factory=lambda: secrets.token_hex(4))
     _calls: int = 0
 
