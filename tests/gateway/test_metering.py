@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 from decimal import Decimal
 
@@ -129,3 +130,53 @@ def test_count_tokens_and_models_are_free(gateway: Gw) -> None:
     models = oai(gateway, secret).models.list()
     assert any(m.id == "gpt-4o-mini" for m in models)
     assert gateway.store.key_spend(key_id) == (0, 0)
+
+
+def _head(origin: str, path: str, auth: str, body: dict[str, object]) -> tuple[int, list[str], dict[str, str]]:
+    """A raw POST: status, the header names in order (lower-cased, repeats kept), and the headers."""
+    host, port = origin.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        headers = {"authorization": f"Bearer {auth}", "content-type": "application/json"}
+        conn.request("POST", path, body=json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, [k.lower() for k, _ in resp.getheaders()], {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def test_the_response_headers_are_the_providers_plus_the_call_id(gateway: Gw, emulator) -> None:  # type: ignore[no-untyped-def]
+    """Same header names as the provider's answer, in its order (its Date and Server, not the gateway's), plus
+    fairmeter-call-id; fairmeter's own answers carry a Date too."""
+    _, secret = gateway.key()
+    for stream in (False, True):
+        body = {"model": "gpt-4o-mini", "messages": PROMPT, "max_tokens": 20, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        d_status, direct, _ = _head(emulator.origin, "/v1/chat/completions", UPSTREAM_KEY, body)
+        g_status, through, _ = _head(gateway.origin, "/v1/chat/completions", secret, body)
+        assert d_status == g_status == 200
+        drop = {"content-length", "transfer-encoding"}  # the framing is the gateway's own
+        assert [h for h in through if h not in drop] == [h for h in direct if h not in drop] + ["fairmeter-call-id"]
+        assert "server" not in through or "server" in direct
+    status, names, headers = _head(gateway.origin, "/v1/chat/completions", "fm-wrong", {"model": "gpt-4o-mini"})
+    assert status == 401 and names.count("date") == 1 and headers["date"].endswith(" GMT")
+
+
+def test_a_response_without_a_date_gets_one_and_a_dated_one_keeps_the_providers() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from fairmeter.gateway.http_client import Response
+    from fairmeter.gateway.upstream import response_headers
+
+    def names(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return response_headers(cast(Response, SimpleNamespace(raw_headers=raw)), "call_x", keep_length=False)
+
+    undated = names([(b"Content-Type", b"application/json"), (b"Content-Length", b"2")])
+    assert [k for k, _ in undated] == [b"content-type", b"date", b"fairmeter-call-id"]
+    assert undated[1][1].endswith(b" GMT")
+    old = b"Mon, 01 Jan 2001 00:00:00 GMT"
+    dated = names([(b"Date", old), (b"Server", b"cloudflare"), (b"Connection", b"keep-alive")])
+    assert dated == [(b"date", old), (b"server", b"cloudflare"), (b"fairmeter-call-id", b"call_x")]

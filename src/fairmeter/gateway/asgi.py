@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
 from typing import Any
 
 from fairmeter.errors import InvalidRequest, RequestTooLarge
@@ -53,6 +55,21 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_DATE: list[Any] = [0, b""]  # [second, its HTTP-date]
+
+
+def http_date() -> bytes:
+    """The current time as an HTTP ``Date`` value (formatted once per second)."""
+    now = int(time.time())
+    if now != _DATE[0]:
+        _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True).encode()
+    date: bytes = _DATE[1]
+    return date
+
+
 async def send_whole(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    """A response fairmeter makes itself (an error, a refusal, a replay, the API), with its ``Date``."""
+    if not any(name == b"date" for name, _ in headers):
+        headers = [*headers, (b"date", http_date())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

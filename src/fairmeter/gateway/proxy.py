@@ -187,7 +187,7 @@ async def _replay(
         await send_whole(send, 409, error_headers(start.id, False, len(body)), body)  # retrying cannot help
         return
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.headers]
-    headers = [h for h in headers if h[0] != b"fairmeter-call-id"]
+    headers = [h for h in headers if h[0] not in (b"fairmeter-call-id", b"date")]  # a new message: a new Date
     headers += [(b"fairmeter-call-id", start.id.encode()), (b"fairmeter-replay-of", original.encode())]
     await send_whole(send, stored.status, headers, stored.body)
 

@@ -63,6 +63,8 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
         log_level="warning",
         timeout_keep_alive=75,
         proxy_headers=False,  # fairmeter does not use the client address; skip the middleware per request
+        server_header=False,  # the provider's own Server and Date pass through (`upstream.response_headers`);
+        date_header=False,  # fairmeter's own responses carry a Date (`asgi.send_whole`)
     )
 
 

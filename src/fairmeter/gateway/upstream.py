@@ -12,6 +12,7 @@ import asyncio
 from functools import lru_cache
 
 from fairmeter.config import Config, Upstream
+from fairmeter.gateway.asgi import http_date
 from fairmeter.gateway.http_client import ConnectFailed, HttpClient, Origin, Response, split_url
 
 # Headers never forwarded upstream: hop-by-hop, the client's fairmeter credentials, and ours.
@@ -33,7 +34,9 @@ _DROP_REQUEST = frozenset(
         b"idempotency-key",
     }
 )
-_DROP_RESPONSE = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"})
+# Hop-by-hop headers, and the length (the server frames the body again). ``date`` and ``server`` are the
+# provider's and pass through: the server adds neither (`gateway.server.uvicorn_config`).
+_DROP_RESPONSE = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 
 CONNECT_RETRIES = 2
 
@@ -93,12 +96,17 @@ def _target(base_url: str, name: str, path: str) -> tuple[Origin, str]:
 
 
 def response_headers(resp: Response, call_id: str, keep_length: bool) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers for the client, plus ``fairmeter-call-id``."""
+    """Upstream response headers for the client, plus ``fairmeter-call-id`` (and a ``Date`` when the upstream
+    sent none, as RFC 9110 asks of an intermediary that forwards a response)."""
     out: list[tuple[bytes, bytes]] = []
+    dated = False
     for name, value in resp.raw_headers:
         lname = name.decode("latin-1").lower()
         if lname in _DROP_RESPONSE and not (keep_length and lname == "content-length"):
             continue
+        dated = dated or lname == "date"
         out.append((name.lower(), value))
+    if not dated:
+        out.append((b"date", http_date()))
     out.append((b"fairmeter-call-id", call_id.encode()))
     return out
