@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import formatdate
+from functools import lru_cache
 from typing import Any
 
 from fairmeter.errors import InvalidRequest, RequestTooLarge
@@ -55,16 +56,14 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-_DATE: list[Any] = [0, b""]  # [second, its HTTP-date]
-
-
 def http_date() -> bytes:
     """The current time as an HTTP ``Date`` value (formatted once per second)."""
-    now = int(time.time())
-    if now != _DATE[0]:
-        _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True).encode()
-    date: bytes = _DATE[1]
-    return date
+    return _http_date(int(time.time()))
+
+
+@lru_cache(maxsize=1)
+def _http_date(second: int) -> bytes:
+    return formatdate(second, usegmt=True).encode()
 
 
 async def send_whole(send: Send, status: int, headers: Headers, body: bytes) -> None:

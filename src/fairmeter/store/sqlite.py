@@ -240,7 +240,7 @@ class SQLiteStore:
         """Write the queued account changes (the funding writes' own row statement); runs before COMMIT."""
         if self._deferred or self._deferred_periods:
             run_now(Writes(accounts=self._deferred, periods=self._deferred_periods).flush(SQLiteTx(self.db)))
-            self._deferred, self._deferred_periods = {}, {}  # the sums went to that Writes; the next transaction
+            self._deferred, self._deferred_periods = {}, {}  # those went to that Writes: start new sums
 
     # ---- keys (each its own short transaction) --------------------------------------------------
 
