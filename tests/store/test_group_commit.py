@@ -96,6 +96,33 @@ def test_a_forwarded_mark_rides_with_the_settlement_or_commits_after_a_moment(
     assert forwarded == {"c1": 1, "c2": 1}
 
 
+def test_a_mark_settled_in_its_own_transaction_takes_no_statement_and_survives_a_failed_batch(
+    store: SQLiteStore,
+) -> None:
+    end = CallEnd("ok", 200, "complete", None, "0", 0, False, None, 1.0)
+    statements: list[str] = []
+
+    async def main() -> None:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        await store.begin_call(_start("c1", key.id), 86400)
+        await store.begin_call(_start("c2", key.id), 86400)
+        store.db.set_trace_callback(statements.append)
+        store.mark_forwarded("c1")
+        settled = asyncio.ensure_future(store.finish_call("c1", end, 1.0, ride=True))
+        await store.begin_call(_start("c3", key.id), 86400)  # one transaction: c1's mark, its settlement, c3's hold
+        await settled
+        assert not [s for s in statements if "forwarded = 1" in s]  # the settlement's update took the mark
+        store.mark_forwarded("c2")
+        store.committer.submit(lambda: store.db.execute("INSERT INTO no_such_table VALUES (1)"))
+        await asyncio.sleep(0.05)  # the batch fails, is rolled back, and is run again one operation at a time
+
+    asyncio.run(main())
+    store.db.set_trace_callback(None)
+    forwarded = dict(store.db.execute("SELECT id, forwarded FROM calls").fetchall())
+    assert forwarded == {"c1": 1, "c2": 1, "c3": 0}
+    assert tuple(store.db.execute("SELECT status FROM calls WHERE id = 'c1'").fetchone()) == ("ok",)
+
+
 def test_submit_logs_instead_of_raising(store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         store.committer.submit(lambda: store.db.execute("INSERT INTO no_such_table VALUES (1)"))
@@ -145,7 +172,7 @@ def test_closing_waits_for_the_write_lock_to_commit_what_is_queued(store: SQLite
         other.execute("BEGIN IMMEDIATE")
         releaser = threading.Timer(0.1, lambda: other.execute("COMMIT"))  # the other writer finishes later
         releaser.start()
-        await store.close()  # waits for the lock (busy_timeout) rather than leaving the mark behind
+        await store.close()  # waits for the lock rather than leaving the mark behind
         releaser.join()
 
     try:

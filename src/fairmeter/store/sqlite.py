@@ -18,8 +18,10 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,7 +63,9 @@ from fairmeter.store.records import (
 from fairmeter.store.sql import SQLiteTx, Tx, run_now
 
 CHECKPOINT_INTERVAL_S = 0.5
-BUSY_TIMEOUT_MS = 10_000  # how long anything but a group commit waits for another process's write lock
+BUSY_TIMEOUT_S = 10.0  # float-ok: seconds; how long anything but a group commit waits for another process's lock
+BUSY_POLL_S = 0.001  # float-ok: seconds; how often such a wait tries again
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 T = TypeVar("T")
 log = logging.getLogger("fairmeter.store")
 
@@ -95,9 +99,13 @@ class SQLiteStore:
         self.db.execute("PRAGMA page_size=1024")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self.db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         self.db.execute("PRAGMA foreign_keys=ON")
         apply_migrations(self.db, now)
+        # From here on SQLite's busy handler never sleeps on this connection: a group commit that finds the
+        # write lock taken tries again later on the event loop (`LockBusy`), and the other statements wait
+        # in `_execute` (a toggle of busy_timeout around each group commit cost two statements per batch).
+        self.db.execute("PRAGMA busy_timeout=0")
         # Payers (plan and switches) as last read; valid while no other connection has committed
         # (``PRAGMA data_version``) and no change went through ``transaction`` outside a group commit.
         self._payers: dict[str, Payer] = {}
@@ -105,6 +113,9 @@ class SQLiteStore:
         self.committer = GroupCommitter(self._batch_transaction, batch)
         # Calls this process held, with their funding hold: settled with one fewer statement.
         self._held: dict[str, tuple[str, HeldFunding, str]] = {}
+        # Forwarded marks not yet written, and the calls settled by the transaction now open (`_mark_forwarded`).
+        self._forwarded: set[str] = set()
+        self._settling: set[str] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -126,7 +137,7 @@ class SQLiteStore:
 
     def _checkpoint_loop(self, interval_s: float) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         try:
             while not self._stop.wait(interval_s):
                 try:
@@ -162,35 +173,41 @@ class SQLiteStore:
         ``wait=False`` (a group commit): if another connection holds the write lock, raise `LockBusy`
         at once rather than let SQLite's busy handler sleep on the event-loop thread.
         """
-        if wait:
-            self.db.execute("BEGIN IMMEDIATE")
-        else:
-            self._begin_nowait()
+        self._execute("BEGIN IMMEDIATE", wait=wait)
         try:
             version = self.db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:  # another process committed (a CLI command, say)
                 self._payers.clear()
                 self._data_version = version
             yield self.db
+            marked = self._mark_forwarded()
             self._flush_deferred()
         except BaseException:
             self._deferred.clear()
             self._deferred_periods.clear()
+            self._settling.clear()
             if self.db.in_transaction:  # some errors (a full disk) end the transaction themselves
                 self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        self._forwarded -= marked
 
-    def _begin_nowait(self) -> None:
-        self.db.execute("PRAGMA busy_timeout=0")
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise
-            raise LockBusy(str(exc)) from None
-        finally:
-            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    def _execute(self, sql: str, args: tuple[object, ...] = (), wait: bool = True) -> sqlite3.Cursor:
+        """A statement that may find another connection's lock: ``wait`` tries again every ``BUSY_POLL_S`` for
+        up to ``BUSY_TIMEOUT_S`` (what SQLite's busy handler would do), else raises `LockBusy` at once."""
+        deadline = None
+        while True:
+            try:
+                return self.db.execute(sql, args)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY:
+                    raise
+                if not wait:
+                    raise LockBusy(str(exc)) from None
+                deadline = deadline or time.monotonic() + BUSY_TIMEOUT_S
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(BUSY_POLL_S)
 
     def _payer(self, payer_id: str) -> Payer | None:
         """The payer with its plan and switches, read once per change (the write lock is held: see above)."""
@@ -236,6 +253,19 @@ class SQLiteStore:
                 row[1] += held
         return writes
 
+    def _mark_forwarded(self) -> set[str]:
+        """Write the forwarded marks queued since the last commit, in one statement, before COMMIT; returns the
+        calls whose mark is now in this transaction (forgotten once it commits, kept if it rolls back).
+
+        A call settled in this same transaction takes its mark in its settlement's update instead: at
+        concurrency 1 a call's mark and its settlement share the next call's hold transaction.
+        """
+        settled, self._settling = self._settling & self._forwarded, set()
+        todo = list(self._forwarded - settled)
+        if todo:
+            self.db.execute(f"UPDATE calls SET forwarded = 1 WHERE id IN ({', '.join('?' * len(todo))})", todo)
+        return settled.union(todo)
+
     def _flush_deferred(self) -> None:
         """Write the queued account changes (the funding writes' own row statement); runs before COMMIT."""
         if self._deferred or self._deferred_periods:
@@ -258,11 +288,11 @@ class SQLiteStore:
         return key, secret
 
     async def key_by_hash(self, digest: str) -> KeyRecord | None:
-        row = self.db.execute("SELECT * FROM keys WHERE key_hash = ?", (digest,)).fetchone()
+        row = self._execute("SELECT * FROM keys WHERE key_hash = ?", (digest,)).fetchone()
         return _key(row) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
-        return [_key(r) for r in self.db.execute("SELECT * FROM keys ORDER BY created_at, id")]
+        return [_key(r) for r in self._execute("SELECT * FROM keys ORDER BY created_at, id")]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         with self.transaction() as db:
@@ -270,7 +300,7 @@ class SQLiteStore:
         return cur.rowcount == 1
 
     async def key_spend(self, key_id: str) -> tuple[Nano, Nano]:
-        row = self.db.execute(
+        row = self._execute(
             "SELECT debits_posted, debits_pending FROM accounts WHERE id = ?", (key_account(key_id),)
         ).fetchone()
         return (row[0], row[1]) if row else (0, 0)
@@ -282,8 +312,14 @@ class SQLiteStore:
         return await self.committer.run(lambda: self._begin_call(call, idempotency_ttl_s))
 
     def mark_forwarded(self, call_id: str) -> None:
-        """Joins the next group commit; not waited for (see docs/architecture.md, Leases)."""
-        self.committer.submit(lambda: self.db.execute("UPDATE calls SET forwarded = 1 WHERE id = ?", (call_id,)))
+        """Joins the next group commit; not waited for (see docs/architecture.md, Leases).
+
+        The marks are written at the end of that transaction, all in one statement (`_mark_forwarded`); the
+        operation queued here only makes sure a transaction comes within ``RIDE_S`` when nothing else does.
+        """
+        if not self._forwarded:
+            self.committer.submit(_nothing)
+        self._forwarded.add(call_id)
 
     async def finish_call(
         self,
@@ -358,6 +394,7 @@ class SQLiteStore:
         if cur.rowcount == 0:
             return self._refused(call, account)
         funding_json = None
+        moved: list[TransferRow] = []
         if call.payer_id is not None:
             size = Size(call.reserved, call.tokens)
             payer, tx = self._payer(call.payer_id), SQLiteTx(db)
@@ -383,15 +420,14 @@ class SQLiteStore:
                 self._free_idempotency(call)
                 return fh.refused()
             assert fh.held is not None and fh.writes is not None
+            moved = _funding_transfers(fh.writes)
             run_now(self._defer_unread(fh.writes, payer).flush(SQLiteTx(db)))
             funding_json = fh.json
             self._held[call.id] = (call.payer_id, fh.held, account)
         self._credit(provider, call.reserved, 0)
-        hold = db.execute(
-            "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, state, ts)"
-            " VALUES (?, 'hold', ?, ?, ?, 'pending', ?)",
-            (call.id, account, provider, call.reserved, call.started_at),
-        ).lastrowid
+        # The funding holds and then the spend leg's hold, in one statement: the hold is the last row.
+        moved.append((call.id, "hold", account, provider, call.reserved, None, "pending", None, call.started_at, None))
+        hold = self._insert_transfers(moved)
         db.execute(
             "INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,"
             " prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at,"
@@ -461,19 +497,24 @@ class SQLiteStore:
             if done is None:
                 planned = None
         paid = planned.call if planned is not None else None
+        forwarded = call_id in self._forwarded
+        if forwarded:
+            self._settling.add(call_id)
         row = db.execute(
             "UPDATE calls SET status = ?1, upstream_status = ?2, usage_status = ?3, usage_json = ?4, cost_usd = ?5,"
             " billed_nano = ?6, estimated = ?7, breakdown_json = ?8, ended_at = ?9, message = ?10,"
             " overrun_nano = MAX(0, ?6 - reserved_nano),"
             " needs_reconciliation = (?11 OR ?6 > reserved_nano), lease_expires_at = NULL,"
             " prices_json = COALESCE(?13, prices_json), price_source = COALESCE(?14, price_source),"
-            " paid_json = COALESCE(?15, paid_json), explanation = COALESCE(?16, explanation)"
+            " paid_json = COALESCE(?15, paid_json), explanation = COALESCE(?16, explanation),"
+            " forwarded = MAX(forwarded, ?17)"
             " WHERE id = ?12 AND status = 'pending'"
             " RETURNING key_id, provider, hold_id, reserved_nano, idempotency_key, payer_id, funding_json",
             (
                 end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
                 int(end.estimated), end.breakdown_json, end.ended_at, end.message, int(needs_reconciliation),
                 call_id, end.prices_json, end.price_source, paid[1] if paid else None, paid[2] if paid else None,
+                int(forwarded),
             ),
         ).fetchone()  # fmt: skip
         if row is None:
@@ -497,17 +538,13 @@ class SQLiteStore:
             planned.resolve = None
         else:
             db.execute("UPDATE transfers SET state = ? WHERE id = ?", (state, hold_id))
-        db.execute(
-            "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, ts)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'posted', ?)",
-            (call_id, kind, debit, credit, split.posted, hold_id, now),
-        )
+        moved: list[TransferRow] = [(call_id, kind, debit, credit, split.posted, hold_id, "posted", None, now, None)]
         if split.overrun:
-            db.execute(
-                "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state,"
-                " reason, ts) VALUES (?, 'overrun', ?, ?, ?, ?, 'posted', 'cost above hold', ?)",
-                (call_id, debit, credit, split.overrun, hold_id, now),
-            )
+            over = "cost above hold"
+            moved.append((call_id, "overrun", debit, credit, split.overrun, hold_id, "posted", over, now, None))
+        if planned is not None:  # the funding leg's postings, in the same statement
+            moved += _funding_transfers(planned)
+        self._insert_transfers(moved)
         funded = row["funding_json"] is not None  # the funding leg credits the key what the spend leg posts
         db.execute(
             "UPDATE accounts SET debits_pending = debits_pending - ?1, debits_posted = debits_posted + ?2,"
@@ -525,6 +562,14 @@ class SQLiteStore:
         if row["idempotency_key"] is not None:
             self._settle_idempotency(call_id, row["key_id"], row["idempotency_key"], end, void)
         return split.overrun
+
+    def _insert_transfers(self, rows: list[TransferRow]) -> int:
+        """Insert transfers, many rows per statement; returns the id of the last."""
+        last = 0
+        for i in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[i : i + _ROWS_PER_INSERT]
+            last = self.db.execute(_insert_transfers_sql(len(chunk)), [v for row in chunk for v in row]).lastrowid or 0
+        return last
 
     def _settle_funding(
         self, call_id: str, payer_id: str, account: str, held: str, actual: Size, now: float, void: bool
@@ -564,14 +609,14 @@ class SQLiteStore:
     async def lapsed_calls(self, now: float) -> list[LapsedCall]:
         return [
             LapsedCall(r[0], bool(r[1]), r[2])
-            for r in self.db.execute(
+            for r in self._execute(
                 "SELECT id, forwarded, estimate_nano FROM calls WHERE status = 'pending' AND lease_expires_at < ?",
                 (now,),
             )
         ]
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        row = self._execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
         return dict(row) if row else None
 
     async def list_calls(self, page: CallPage) -> list[dict[str, Any]]:
@@ -595,12 +640,12 @@ class SQLiteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, id DESC LIMIT ?"
         args.append(page.limit)
-        return [dict(r) for r in self.db.execute(sql, args)]
+        return [dict(r) for r in self._execute(sql, tuple(args))]
 
     async def accounts(self) -> list[Account]:
         return [
             Account(r[0], r[1], r[2], r[3], r[4], r[5])
-            for r in self.db.execute(
+            for r in self._execute(
                 "SELECT id, cap_nano, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
             )
         ]
@@ -608,7 +653,7 @@ class SQLiteStore:
     async def transfers(self) -> list[Transfer]:
         return [
             Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7]))
-            for r in self.db.execute(
+            for r in self._execute(
                 "SELECT id, call_id, kind, debit_account, credit_account, amount, pending_id, state"
                 " FROM transfers ORDER BY id"
             )
@@ -616,7 +661,7 @@ class SQLiteStore:
 
     async def pending_count(self) -> int:
         """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
-        return int(self.db.execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0])
+        return int(self._execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0])
 
     async def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         with self.transaction():
@@ -625,7 +670,7 @@ class SQLiteStore:
     async def reconciliation_calls(self) -> list[dict[str, Any]]:
         return [
             dict(r)
-            for r in self.db.execute(
+            for r in self._execute(
                 "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1"
             )
         ]
@@ -636,3 +681,32 @@ def _key(row: sqlite3.Row) -> KeyRecord:
         row["id"], row["name"], row["key_prefix"], bool(row["admin"]), row["max_spend_nano"],
         row["created_at"], row["revoked_at"], row["payer_id"],
     )  # fmt: skip
+
+
+# A transfer row: call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts, bucket.
+TransferRow = tuple[str, str, str, str, Nano, int | None, str, str | None, float, str | None]
+_TRANSFER_COLUMNS = 10
+_ROWS_PER_INSERT = 50  # 500 parameters, well under SQLite's limit on one statement's
+
+
+@lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_transfers_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" * _TRANSFER_COLUMNS) + ")"
+    return (
+        "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts,"
+        " bucket) VALUES " + ", ".join([one] * rows)
+    )
+
+
+def _funding_transfers(writes: Writes) -> list[TransferRow]:
+    """Take the funding writes' transfers out of them, as rows for `SQLiteStore._insert_transfers`."""
+    rows: list[TransferRow] = [
+        (call_id, kind, debit, credit, amount, None, state, reason, ts, bucket)
+        for call_id, kind, debit, credit, amount, state, reason, ts, bucket in writes.transfers
+    ]
+    writes.transfers = []
+    return rows
+
+
+def _nothing() -> None:
+    """The operation `SQLiteStore.mark_forwarded` queues: its transaction writes the marks."""
