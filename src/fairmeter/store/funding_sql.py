@@ -526,7 +526,7 @@ class Writes:
         self, call_id: str, kind: str, debit: str, credit: str, amount: Nano, state: str, now: float,
         bucket: str, reason: str | None = None,
     ) -> None:  # fmt: skip
-        self.transfers.append((call_id, kind, debit, credit, amount, state, reason, now, bucket))
+        self.transfers.append((call_id, kind, debit, credit, amount, state, reason, now, str(bucket)))  # enum → str
 
     def count(self, counters: dict[tuple[str, str, float], list[int]], key: tuple[str, str, float], used: int,
               held: int) -> None:  # fmt: skip
