@@ -34,14 +34,18 @@ def from_nano(nano: Nano) -> Decimal:
 
 
 def usd_str(nano: Nano) -> str:
-    """Decimal string of a nano-USD amount without trailing zeros, e.g. ``"0.0005253"``."""
-    return decimal_str(from_nano(nano))
+    """Decimal string of a nano-USD amount without trailing zeros, e.g. ``"0.0005253"`` (integer arithmetic:
+    the same text as ``decimal_str(from_nano(nano))``, at a fraction of the cost)."""
+    whole, frac = divmod(abs(nano), NANO_PER_USD)
+    sign = "-" if nano < 0 else ""
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:09d}".rstrip("0")
 
 
 def usd_text(nano: Nano) -> str:
     """For people: ``$0.42``, ``$50.00``, ``$0.000117`` (cents at least, every significant digit beyond)."""
-    text = decimal_str(from_nano(nano))
-    whole, _, frac = text.partition(".")
+    whole, _, frac = usd_str(nano).partition(".")
     return f"${whole}.{frac.ljust(2, '0')}"
 
 

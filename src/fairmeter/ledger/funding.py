@@ -155,10 +155,17 @@ class Allocation:
 
     @property
     def total(self) -> Nano:
-        return sum(p.amount for p in self.portions)
+        total = 0  # a loop, not sum() over a generator: this runs several times for every call
+        for p in self.portions:
+            total += p.amount
+        return total
 
     def amount_of(self, bucket: BucketKind) -> Nano:
-        return sum(p.amount for p in self.portions if p.bucket is bucket)
+        total = 0
+        for p in self.portions:
+            if p.bucket is bucket:
+                total += p.amount
+        return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -350,8 +350,8 @@ def allocation_json(a: Allocation, spill_start: float | None, overage_start: flo
     """What a settlement needs of its hold: the portions, the window periods, the cap periods."""
     return orjson.dumps(
         {
-            "portions": [[p.bucket.value, p.source, p.amount] for p in a.portions],
-            "windows": [[w.name, w.start, w.amount, w.unit.value] for w in a.windows],
+            "portions": [[p.bucket, p.source, p.amount] for p in a.portions],  # orjson writes an enum's value
+            "windows": [[w.name, w.start, w.amount, w.unit] for w in a.windows],
             "spill_start": spill_start,
             "overage_start": overage_start,
         }
@@ -388,6 +388,8 @@ def _count_windows(
     w: Writes, payer_id: str, held: tuple[WindowCharge, ...], posted: tuple[WindowCharge, ...] | None = None
 ) -> None:
     """Windows hold ``held`` (a hold: ``posted`` None), or release ``held`` and are charged ``posted``."""
+    if not held:
+        return
     charged = {(c.name, c.start): c.amount for c in posted or ()}
     for c in held:
         used = charged.get((c.name, c.start), 0)
@@ -395,7 +397,14 @@ def _count_windows(
 
 
 def _period_amounts(a: Allocation) -> tuple[Nano, Nano]:
-    return sum(p.amount for p in a.portions if p.bucket in SPILL_BUCKETS), a.amount_of(BucketKind.OVERAGE)
+    """What the spill buckets (grants, credits) and overage hold or pay of an allocation."""
+    spill = overage = 0
+    for p in a.portions:
+        if p.bucket is BucketKind.OVERAGE:
+            overage += p.amount
+        elif p.bucket in SPILL_BUCKETS:
+            spill += p.amount
+    return spill, overage
 
 
 def _count_periods(w: Writes, payer_id: str, held: HeldFunding, hold: Allocation, paid: Allocation | None) -> None:
@@ -813,12 +822,13 @@ async def window_states(
 
 async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding, pending: Writes | None = None) -> str:
     """The payment's sentence, with each window as it stands after it (``pending``: writes not yet made)."""
-    payer = await load_payer(tx, payer_id, lock=False) if held.allocation.windows else None
-    specs = payer.plan.windows if payer else ()
-    periods = {w.name: (w.start, True) for w in held.allocation.windows}
-    specs = tuple(s for s in specs if s.name in periods)
-    states = await window_states(tx, payer_id, specs, periods)
-    if pending is not None:
+    states: list[WindowState] = []
+    if held.allocation.windows:
+        payer = await load_payer(tx, payer_id, lock=False)
+        periods = {w.name: (w.start, True) for w in held.allocation.windows}
+        specs = tuple(s for s in payer.plan.windows if s.name in periods) if payer else ()
+        states = await window_states(tx, payer_id, specs, periods)
+    if pending is not None and states:
         for i, st in enumerate(states):
             used, hold = pending.windows.get((payer_id, st.name, periods[st.name][0]), (0, 0))
             states[i] = replace(st, used=st.used + used, held=st.held + hold)
@@ -834,8 +844,8 @@ async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding
 def paid_json(s: FundingSettled) -> str:
     return orjson.dumps(
         {
-            "portions": [[p.bucket.value, p.source, p.amount] for p in s.paid.portions],
-            "windows": [[w.name, w.start, w.amount, w.unit.value] for w in s.paid.windows],
+            "portions": [[p.bucket, p.source, p.amount] for p in s.paid.portions],  # orjson writes an enum's value
+            "windows": [[w.name, w.start, w.amount, w.unit] for w in s.paid.windows],
             "overrun": s.overrun,
             "spill_start": s.spill_start,
             "overage_start": s.overage_start,

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +76,11 @@ log = logging.getLogger("fairmeter.store")
 # once (a dictionary's ``get`` of the value itself returns None, bound as NULL).
 _NO_ADAPTER: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NO_ADAPTER.get)
+# A resolution's hold state and transfer kind, as plain strings: sqlite3 binds a str subclass (an enum member)
+# through that protocol too.
+_VOID = (TransferState.VOIDED.value, TransferKind.VOID.value)
+_EXPIRE = (TransferState.EXPIRED.value, TransferKind.EXPIRE.value)
+_POST = (TransferState.POSTED.value, TransferKind.POST.value)
 
 
 def sqlite_path(database_url: str) -> str:
@@ -99,6 +105,7 @@ class SQLiteStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        self._tx = SQLiteTx(self.db)  # the shared SQL's view of this connection
         # Small pages for a new database: a call dirties about a dozen pages (rows and index entries),
         # and every dirty page is written whole to the WAL and again by the checkpoint. 1 KiB pages cut
         # the ledger's CPU per call by about a quarter against the 4 KiB default (docs/performance.md).
@@ -220,7 +227,7 @@ class SQLiteStore:
         """The payer with its plan and switches, read once per change (the write lock is held: see above)."""
         payer = self._payers.get(payer_id)
         if payer is None:
-            payer = run_now(load_payer(SQLiteTx(self.db), payer_id, lock=False))
+            payer = run_now(load_payer(self._tx, payer_id, lock=False))
             if payer is not None:
                 self._payers[payer_id] = payer
         return payer
@@ -249,8 +256,10 @@ class SQLiteStore:
         """Move the funding writes' overage and subscription accounts to the once-per-transaction sums, and the
         payer's spill and overage period counters when no cap reads them (``load_funding`` reads a period's
         counter only to check that period's cap; ``payer`` None: not known here, so nothing is moved)."""
-        for account in [a for a in writes.accounts if a.startswith(UNREAD_ACCOUNTS)]:
-            self._defer(account, writes.accounts.pop(account))
+        accounts = writes.accounts
+        for account in tuple(accounts):
+            if account.startswith(UNREAD_ACCOUNTS):
+                self._defer(account, accounts.pop(account))
         if payer is not None and writes.periods:
             caps = {"spill": payer.switches.spill_cap, "overage": payer.switches.overage_cap}
             for key in [k for k in writes.periods if caps.get(k[1], 0) is None]:
@@ -273,10 +282,15 @@ class SQLiteStore:
             self.db.execute(f"UPDATE calls SET forwarded = 1 WHERE id IN ({', '.join('?' * len(todo))})", todo)
         return settled.union(todo)
 
+    def _flush_writes(self, writes: Writes) -> None:
+        """Write what the funding writes hold (often nothing, once the unread accounts are deferred)."""
+        if writes.accounts or writes.transfers or writes.windows or writes.periods or writes.call or writes.resolve:
+            run_now(writes.flush(self._tx))
+
     def _flush_deferred(self) -> None:
         """Write the queued account changes (the funding writes' own row statement); runs before COMMIT."""
         if self._deferred or self._deferred_periods:
-            run_now(Writes(accounts=self._deferred, periods=self._deferred_periods).flush(SQLiteTx(self.db)))
+            run_now(Writes(accounts=self._deferred, periods=self._deferred_periods).flush(self._tx))
             self._deferred, self._deferred_periods = {}, {}  # those went to that Writes: start new sums
 
     # ---- keys (each its own short transaction) --------------------------------------------------
@@ -404,7 +418,7 @@ class SQLiteStore:
         moved: list[TransferRow] = []
         if call.payer_id is not None:
             size = Size(call.reserved, call.tokens)
-            payer, tx = self._payer(call.payer_id), SQLiteTx(db)
+            payer, tx = self._payer(call.payer_id), self._tx
             fh = run_now(
                 hold_funding(
                     tx,
@@ -428,7 +442,7 @@ class SQLiteStore:
                 return fh.refused()
             assert fh.held is not None and fh.writes is not None
             moved = _funding_transfers(fh.writes)
-            run_now(self._defer_unread(fh.writes, payer).flush(SQLiteTx(db)))
+            self._flush_writes(self._defer_unread(fh.writes, payer))
             funding_json = fh.json
             self._held[call.id] = (call.payer_id, fh.held, account)
         self._credit(provider, call.reserved, 0)
@@ -498,7 +512,7 @@ class SQLiteStore:
         payer = self._payers.get(held[0]) if held is not None else None  # as this transaction knows it, if it does
         if held is not None:
             planned, done, _, _ = run_now(
-                plan_settlement(SQLiteTx(db), call_id, held[0], held[2], held[1], Size(actual, end.tokens), now,
+                plan_settlement(self._tx, call_id, held[0], held[2], held[1], Size(actual, end.tokens), now,
                                 void=void, credit_key=False)
             )  # fmt: skip
             if done is None:
@@ -529,12 +543,7 @@ class SQLiteStore:
         held, hold_id = row["reserved_nano"], row["hold_id"]
         debit, credit = key_account(row["key_id"]), provider_account(row["provider"])
         split = settlement_for(held, actual)
-        if void:  # plain strings: sqlite3 binds a str subclass (an enum member) through its adapter protocol
-            state, kind = TransferState.VOIDED.value, TransferKind.VOID.value
-        elif expired:
-            state, kind = TransferState.EXPIRED.value, TransferKind.EXPIRE.value
-        else:
-            state, kind = TransferState.POSTED.value, TransferKind.POST.value
+        state, kind = _VOID if void else _EXPIRE if expired else _POST
         if planned is not None and planned.resolve is not None:
             # The spend leg's hold and the funding holds (credited to the key) resolved in one statement.
             db.execute(
@@ -561,7 +570,7 @@ class SQLiteStore:
         self._credit(credit, -held, actual)
         if planned is not None:
             planned.call = None  # already in the update above
-            run_now(self._defer_unread(planned, payer).flush(SQLiteTx(db)))
+            self._flush_writes(self._defer_unread(planned, payer))
         elif row["funding_json"] is not None:
             self._settle_funding(
                 call_id, row["payer_id"], debit, row["funding_json"], Size(actual, end.tokens), now, void
@@ -575,15 +584,15 @@ class SQLiteStore:
         last = 0
         for i in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[i : i + _ROWS_PER_INSERT]
-            last = self.db.execute(_insert_transfers_sql(len(chunk)), [v for row in chunk for v in row]).lastrowid or 0
+            last = self.db.execute(_insert_transfers_sql(len(chunk)), list(chain.from_iterable(chunk))).lastrowid or 0
         return last
 
     def _settle_funding(
         self, call_id: str, payer_id: str, account: str, held: str, actual: Size, now: float, void: bool
     ) -> None:
         """Draw the cost from the buckets that held it, in burn order; record who paid and why."""
-        tx = SQLiteTx(self.db)  # the settlement also writes the call's paid_json and explanation
-        run_now(settle_funding(tx, call_id, payer_id, account, held, actual, now, void=void, credit_key=False))
+        # the settlement also writes the call's paid_json and explanation
+        run_now(settle_funding(self._tx, call_id, payer_id, account, held, actual, now, void=void, credit_key=False))
 
     def _settle_idempotency(self, call_id: str, key_id: str, idem_key: str, end: CallEnd, void: bool) -> None:
         """A voided call frees its idempotency key; a settled one keeps its response for replays."""
