@@ -133,19 +133,24 @@ def machine() -> dict[str, object]:
 
 def ensure_wrk() -> str:
     """The path of wrk, installing the Debian package if it is missing."""
-    found = shutil.which("wrk")
+    return ensure_tool("wrk", "wrk")
+
+
+def ensure_tool(command: str, package: str) -> str:
+    """The path of ``command``, installing its Debian ``package`` if it is missing."""
+    found = shutil.which(command)
     if found:
         return found
-    print("wrk is not installed; running apt-get install -y wrk", flush=True)
-    cmd = ["apt-get", "install", "-y", "wrk"]
+    print(f"{command} is not installed; running apt-get install -y {package}", flush=True)
+    cmd = ["apt-get", "install", "-y", package]
     if os.geteuid() != 0 and shutil.which("sudo"):
         cmd = ["sudo", *cmd]
     if subprocess.run(cmd, check=False).returncode != 0:
         subprocess.run([*cmd[:-3], "update"], check=False)
         subprocess.run(cmd, check=True)
-    found = shutil.which("wrk")
+    found = shutil.which(command)
     if not found:
-        raise RuntimeError("wrk could not be installed")
+        raise RuntimeError(f"{command} could not be installed")
     return found
 
 
