@@ -44,12 +44,13 @@ def to_sqlite(sql: str) -> str:
 
 
 class SQLiteTx:
-    """:class:`Tx` over a ``sqlite3`` connection whose transaction the caller opened."""
+    """:class:`Tx` over a ``sqlite3`` connection whose transaction the caller opened, or over one cursor of it
+    (every result is read at once, so one cursor serves every statement and none is made per statement)."""
 
     __slots__ = ("db",)
     dialect = "sqlite"
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection | sqlite3.Cursor) -> None:
         self.db = db
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
