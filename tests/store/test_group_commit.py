@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fairmeter.store import batch
+from fairmeter.store import sqlite as sqlite_store
 from fairmeter.store.records import CallEnd, CallStart
 from fairmeter.store.sqlite import SQLiteStore
 
@@ -121,6 +122,37 @@ def test_a_mark_settled_in_its_own_transaction_takes_no_statement_and_survives_a
     forwarded = dict(store.db.execute("SELECT id, forwarded FROM calls").fetchall())
     assert forwarded == {"c1": 1, "c2": 1, "c3": 0}
     assert tuple(store.db.execute("SELECT status FROM calls WHERE id = 'c1'").fetchone()) == ("ok",)
+
+
+def test_forwarded_marks_of_many_calls_in_flight_are_all_written(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_IDS_PER_UPDATE", 2)  # several statements for one transaction's marks
+
+    async def main() -> None:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        for n in range(5):
+            await store.begin_call(_start(f"c{n}", key.id), 86400)
+            store.mark_forwarded(f"c{n}")
+        await store.begin_call(_start("c_next", key.id), 86400)  # its transaction writes the five marks
+
+    asyncio.run(main())
+    forwarded = dict(store.db.execute("SELECT id, forwarded FROM calls").fetchall())
+    assert forwarded == {"c0": 1, "c1": 1, "c2": 1, "c3": 1, "c4": 1, "c_next": 0}
+
+
+def test_without_batching_a_forwarded_mark_commits_at_once(tmp_path: Path) -> None:
+    naive = SQLiteStore(f"sqlite:///{tmp_path / 'n.db'}", 0.0, batch=False)
+
+    async def main() -> None:
+        key, _ = await naive.create_key("k", None, False, 0.0)
+        await naive.begin_call(_start("c1", key.id), 86400)
+        naive.mark_forwarded("c1")
+        with contextlib.closing(sqlite3.connect(tmp_path / "n.db")) as other:  # committed, seen from outside
+            assert other.execute("SELECT forwarded FROM calls WHERE id = 'c1'").fetchone() == (1,)
+        await naive.close()
+
+    asyncio.run(main())
 
 
 def test_submit_logs_instead_of_raising(store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:

@@ -281,8 +281,9 @@ class SQLiteStore:
         """
         settled, self._settling = self._settling & self._forwarded, set()
         todo = list(self._forwarded - settled)
-        if todo:
-            self.db.execute(f"UPDATE calls SET forwarded = 1 WHERE id IN ({', '.join('?' * len(todo))})", todo)
+        for i in range(0, len(todo), _IDS_PER_UPDATE):
+            ids = todo[i : i + _IDS_PER_UPDATE]
+            self.db.execute(f"UPDATE calls SET forwarded = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
         return settled.union(todo)
 
     def _flush_writes(self, writes: Writes) -> None:
@@ -341,9 +342,10 @@ class SQLiteStore:
         The marks are written at the end of that transaction, all in one statement (`_mark_forwarded`); the
         operation queued here only makes sure a transaction comes within ``RIDE_S`` when nothing else does.
         """
-        if not self._forwarded:
+        first = not self._forwarded
+        self._forwarded.add(call_id)  # before the submit: without batching, it commits at once
+        if first:
             self.committer.submit(_nothing)
-        self._forwarded.add(call_id)
 
     async def finish_call(
         self,
@@ -705,7 +707,8 @@ def _key(row: sqlite3.Row) -> KeyRecord:
 # A transfer row: call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts, bucket.
 TransferRow = tuple[str, str, str, str, Nano, int | None, str, str | None, float, str | None]
 _TRANSFER_COLUMNS = 10
-_ROWS_PER_INSERT = 50  # 500 parameters, well under SQLite's limit on one statement's
+_ROWS_PER_INSERT = 50  # 500 parameters, under the smallest limit SQLite builds set on one statement's (999)
+_IDS_PER_UPDATE = 500
 
 
 @lru_cache(maxsize=_ROWS_PER_INSERT)
