@@ -11,8 +11,10 @@ SQLite runs one writer at a time. So a hold computed from what was read is still
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from itertools import chain
 
 import orjson
 
@@ -451,11 +453,16 @@ _PARTS = (
 
 Shape = tuple[int, int, int, int]
 
-# The same writes a row at a time (SQLite).
-_ROW_SQL = tuple(
-    f"INSERT INTO {target} VALUES ({', '.join(f'${i + 1}' for i in range(len(types)))}) {conflict}"
-    for _, target, types, conflict in _PARTS
-)
+_ROWS_PER_STATEMENT = 50  # at most 450 parameters, under the smallest limit SQLite builds set (999)
+
+
+@lru_cache(maxsize=64)
+def _rows_sql(part: int, rows: int) -> str:
+    """The same writes as plain multi-row statements (SQLite): ``rows`` rows of ``_PARTS[part]``."""
+    _, target, types, conflict = _PARTS[part]
+    width = len(types)
+    values = ", ".join("(" + ", ".join(f"${r * width + i + 1}" for i in range(width)) + ")" for r in range(rows))
+    return f"INSERT INTO {target} VALUES {values} {conflict}"
 
 
 @lru_cache(maxsize=256)
@@ -560,16 +567,16 @@ class Writes:
                 " AND state = 'pending'",
                 *self.resolve,
             )
-        accounts, transfers, windows, periods = _ROW_SQL
-        for account, row in self.accounts.items():
-            if any(row):
-                await tx.execute(accounts, account, *row)
-        for transfer in self.transfers:
-            await tx.execute(transfers, *transfer)
-        for sql, counters in ((windows, self.windows), (periods, self.periods)):
-            for key, (used, held) in counters.items():
-                if used or held:
-                    await tx.execute(sql, *key, used, held)
+        parts: tuple[Sequence[tuple[object, ...]], ...] = (
+            [(account, *row) for account, row in self.accounts.items() if any(row)],
+            self.transfers,
+            [(*key, used, held) for key, (used, held) in self.windows.items() if used or held],
+            [(*key, used, held) for key, (used, held) in self.periods.items() if used or held],
+        )
+        for part, rows in enumerate(parts):  # each part's rows in one statement (keys are unique: summed first)
+            for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+                chunk = rows[i : i + _ROWS_PER_STATEMENT]
+                await tx.execute(_rows_sql(part, len(chunk)), *chain.from_iterable(chunk))
 
     async def _flush_one_statement(self, tx: Tx) -> None:
         if not (self.resolve or self.call or self.accounts or self.transfers or self.windows or self.periods):
