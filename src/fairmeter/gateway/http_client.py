@@ -24,7 +24,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -49,16 +49,18 @@ class Origin:
     scheme: str
     host: str
     port: int
+    # The Host header's value, made once: its IDNA encoding costs microseconds, and every request sends it.
+    host_header: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        value = host if self.port == default else f"{host}:{self.port}"
+        object.__setattr__(self, "host_header", value.encode("idna"))
 
     @property
     def tls(self) -> bool:
         return self.scheme == "https"
-
-    @property
-    def host_header(self) -> bytes:
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
 
 
 def split_url(url: str) -> tuple[Origin, str]:
