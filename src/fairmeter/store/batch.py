@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-Op = tuple[Callable[[], Any], asyncio.Future[Any]]
+Op = tuple[Callable[[], Any], asyncio.Future[Any] | None]  # no future: nobody waits (``submit``)
 log = logging.getLogger("fairmeter.store")
 
 
@@ -80,14 +80,11 @@ class GroupCommitter:
     def submit(self, op: Callable[[], Any]) -> None:
         """Queue ``op`` without waiting for its commit: it joins the next batch, at the latest ``RIDE_S`` from
         now; failures are logged."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        fut.add_done_callback(_log_failure)
-        self._queue.append((op, fut))
+        self._queue.append((op, None))
         if not self.batch:
             self.flush(wait=True)
         elif not self._scheduled and self._riding is None:
-            self._riding = loop.call_later(RIDE_S, self.flush)
+            self._riding = asyncio.get_running_loop().call_later(RIDE_S, self.flush)
 
     def flush(self, wait: bool = False) -> None:
         """Commit everything queued now (scheduled by ``run``); ``wait=True`` (before the store closes, and
@@ -120,19 +117,17 @@ class GroupCommitter:
         self.batches += 1
         self.operations += len(batch)
         for fut, ok, value in results:
-            if fut.done():
+            if fut is None:  # submitted: nobody waits for it, so a failure is logged here
+                if not ok:
+                    log.error("a background store operation failed", exc_info=value)
+            elif fut.done():
                 continue
-            if ok:
+            elif ok:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
 
-    def _run_batch(self, batch: list[Op], wait: bool) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    def _run_batch(self, batch: list[Op], wait: bool) -> list[tuple[asyncio.Future[Any] | None, bool, Any]]:
         """All operations in one transaction; on any exception the whole transaction is rolled back."""
         with self._transaction(wait):
             return [(fut, True, op()) for op, fut in batch]
-
-
-def _log_failure(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("a background store operation failed", exc_info=fut.exception())
