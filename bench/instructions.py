@@ -8,7 +8,8 @@ after another on one kept-alive connection to the gateway on SQLite (one process
 
 Each target is started twice under callgrind and sent ``--first`` and then ``--second`` requests; the
 difference of the two totals over the difference of the counts leaves out start-up and shut-down. A run takes
-about a minute (callgrind runs the code some fifty times slower); the counts repeat to within about 0.2 %.
+about a minute (callgrind runs the code some fifty times slower). Runs of the same code differ by up to 4 % (the
+WAL checkpoint thread works on a wall-clock timer), so a small change needs several runs to show.
 At that speed a settlement commits on its own 5 ms timer instead of riding with the next call's hold, so each
 call here is two transactions, as when calls are sparse (at full speed, one at concurrency 1).
 
