@@ -297,3 +297,30 @@ def test_bad_admin_input_is_refused_and_changes_nothing(books: Books, bad: Bad, 
         books.run(bad(books))
     assert books.run(lambda tx: admin_sql.admin_log(tx, 100)) == before
     books.check()
+
+
+def test_funding_writes_of_more_rows_than_one_statement_takes_all_land(tmp_path: Path) -> None:
+    """SQLite writes each kind of row in multi-row statements of at most ROWS_PER_STATEMENT rows."""
+    from fairmeter.store.sql import ROWS_PER_STATEMENT
+
+    store = open_store(f"sqlite:///{tmp_path / 'w.db'}", NOW)
+    n = 2 * ROWS_PER_STATEMENT + 7
+    writes = funding_sql.Writes()
+    for i in range(n):
+        writes.account(f"test:{i}", credits_posted=i + 1)
+        writes.transfer(f"call_{i}", "post", f"test:{i}", "test:sink", i + 1, "posted", NOW, BucketKind.CREDITS)
+
+    async def flush_and_read(tx: Tx) -> tuple[list[Any], list[Any]]:
+        await writes.flush(tx)
+        accounts = await tx.fetch("SELECT id, credits_posted FROM accounts WHERE id LIKE 'test:%' ORDER BY id")
+        moved = await tx.fetch("SELECT call_id, amount, bucket FROM transfers WHERE debit_account LIKE 'test:%'")
+        return accounts, moved
+
+    try:
+        accounts, moved = asyncio.run(store.run(flush_and_read))
+    finally:
+        asyncio.run(store.close())
+    assert sorted((a["id"], a["credits_posted"]) for a in accounts) == sorted((f"test:{i}", i + 1) for i in range(n))
+    assert sorted((t["call_id"], t["amount"], t["bucket"]) for t in moved) == sorted(
+        (f"call_{i}", i + 1, "credits") for i in range(n)
+    )

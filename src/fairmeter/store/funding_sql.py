@@ -38,7 +38,7 @@ from fairmeter.ledger.plans import Plan, Switches, parse_switches, plan_from_map
 from fairmeter.ledger.windows import Unit, WindowSpec, period_bounds, window_start
 from fairmeter.money import Nano, usd_str
 from fairmeter.store.records import DEFAULT_ORG, DEFAULT_PAYER, HoldOutcome, iso
-from fairmeter.store.sql import Row, Tx
+from fairmeter.store.sql import Row, Tx, row_chunks, values_sql
 
 DEFAULT_PLAN = "payg"
 
@@ -453,17 +453,6 @@ _PARTS = (
 
 Shape = tuple[int, int, int, int]
 
-_ROWS_PER_STATEMENT = 50  # at most 450 parameters, under the smallest limit SQLite builds set (999)
-
-
-@lru_cache(maxsize=64)
-def _rows_sql(part: int, rows: int) -> str:
-    """The same writes as plain multi-row statements (SQLite): ``rows`` rows of ``_PARTS[part]``."""
-    _, target, types, conflict = _PARTS[part]
-    width = len(types)
-    values = ", ".join("(" + ", ".join(f"${r * width + i + 1}" for i in range(width)) + ")" for r in range(rows))
-    return f"INSERT INTO {target} VALUES {values} {conflict}"
-
 
 @lru_cache(maxsize=256)
 def funding_ctes(shape: Shape, first: int, gate: str = "") -> str:
@@ -573,13 +562,18 @@ class Writes:
             [(*key, used, held) for key, (used, held) in self.windows.items() if used or held],
             [(*key, used, held) for key, (used, held) in self.periods.items() if used or held],
         )
-        for part, rows in enumerate(parts):  # each part's rows in one statement (keys are unique: summed first)
-            for i in range(0, len(rows), _ROWS_PER_STATEMENT):
-                chunk = rows[i : i + _ROWS_PER_STATEMENT]
-                await tx.execute(_rows_sql(part, len(chunk)), *chain.from_iterable(chunk))
+        for (_, target, types, conflict), rows in zip(_PARTS, parts, strict=True):
+            for chunk in row_chunks(rows):  # a part's rows in one statement (keys are unique: summed first)
+                sql = values_sql(f"INSERT INTO {target}", len(types), len(chunk), conflict)
+                await tx.execute(sql, *chain.from_iterable(chunk))
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write."""
+        return not (self.resolve or self.call or self.accounts or self.transfers or self.windows or self.periods)
 
     async def _flush_one_statement(self, tx: Tx) -> None:
-        if not (self.resolve or self.call or self.accounts or self.transfers or self.windows or self.periods):
+        if self.empty:
             return
         state, call_id, key = self.resolve or (None, "", "")
         await tx.execute(_flush_pg(self.shape), state, call_id, key, *(self.call or (None, None, None, 0)),

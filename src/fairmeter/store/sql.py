@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
@@ -41,6 +41,24 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 def to_sqlite(sql: str) -> str:
     """``$3`` → ``?3`` (the statements never contain a literal dollar sign)."""
     return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+# Rows in one multi-row statement: with the widest rows written so (10 columns), 500 parameters, under the
+# smallest limit SQLite builds set on one statement's (999).
+ROWS_PER_STATEMENT = 50
+
+
+def row_chunks(rows: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``rows`` in runs of at most ``ROWS_PER_STATEMENT``, one multi-row statement each."""
+    for i in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[i : i + ROWS_PER_STATEMENT]
+
+
+@lru_cache(maxsize=128)
+def values_sql(head: str, width: int, rows: int, tail: str = "") -> str:
+    """``{head} VALUES ($1, …), (…) {tail}``: ``rows`` rows of ``width`` numbered parameters, in row order."""
+    values = ", ".join("(" + ", ".join(f"${r * width + i + 1}" for i in range(width)) + ")" for r in range(rows))
+    return f"{head} VALUES {values} {tail}".rstrip()
 
 
 class SQLiteTx:

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,7 +60,7 @@ from fairmeter.store.records import (
     new_key,
     provider_account,
 )
-from fairmeter.store.sql import SQLiteTx, Tx, run_now
+from fairmeter.store.sql import SQLiteTx, Tx, row_chunks, run_now, to_sqlite, values_sql
 
 CHECKPOINT_INTERVAL_S = 0.5
 BUSY_TIMEOUT_S = 10.0  # float-ok: seconds; how long anything but a group commit waits for another process's lock
@@ -288,7 +287,7 @@ class SQLiteStore:
 
     def _flush_writes(self, writes: Writes) -> None:
         """Write what the funding writes hold (often nothing, once the unread accounts are deferred)."""
-        if writes.accounts or writes.transfers or writes.windows or writes.periods or writes.call or writes.resolve:
+        if not writes.empty:
             run_now(writes.flush(self._tx))
 
     def _flush_deferred(self) -> None:
@@ -587,9 +586,9 @@ class SQLiteStore:
     def _insert_transfers(self, rows: list[TransferRow]) -> int:
         """Insert transfers, many rows per statement; returns the id of the last."""
         last = 0
-        for i in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[i : i + _ROWS_PER_INSERT]
-            last = self._cur.execute(_insert_transfers_sql(len(chunk)), list(chain.from_iterable(chunk))).lastrowid or 0
+        for chunk in row_chunks(rows):
+            sql = to_sqlite(values_sql(_INSERT_TRANSFERS, len(chunk[0]), len(chunk)))
+            last = self._cur.execute(sql, list(chain.from_iterable(chunk))).lastrowid or 0
         return last
 
     def _settle_funding(
@@ -706,18 +705,12 @@ def _key(row: sqlite3.Row) -> KeyRecord:
 
 # A transfer row: call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts, bucket.
 TransferRow = tuple[str, str, str, str, Nano, int | None, str, str | None, float, str | None]
-_TRANSFER_COLUMNS = 10
-_ROWS_PER_INSERT = 50  # 500 parameters, under the smallest limit SQLite builds set on one statement's (999)
-_IDS_PER_UPDATE = 500
+_INSERT_TRANSFERS = (
+    "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts,"
+    " bucket)"
+)
 
-
-@lru_cache(maxsize=_ROWS_PER_INSERT)
-def _insert_transfers_sql(rows: int) -> str:
-    one = "(" + ", ".join("?" * _TRANSFER_COLUMNS) + ")"
-    return (
-        "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts,"
-        " bucket) VALUES " + ", ".join([one] * rows)
-    )
+_IDS_PER_UPDATE = 500  # forwarded marks per `UPDATE … WHERE id IN (…)`, under SQLite's smallest parameter limit
 
 
 def _funding_transfers(writes: Writes) -> list[TransferRow]:
