@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from fairmeter.errors import FairmeterError, InvalidRequest
 from fairmeter.money import NANO_PER_USD, Nano, parse_usd, usd_str
+from fairmeter.record import record
 from fairmeter.store import Store, admin_sql
 from fairmeter.store.sql import Tx
 
@@ -66,7 +66,7 @@ def _seconds_of_text(text: str) -> float:  # float-ok: seconds
     return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeyRequest:
     """A key to make: its name, cap and role, and who it belongs to (``admin_sql.key_owner``)."""
 

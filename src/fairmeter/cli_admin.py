@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from fairmeter.cli_common import cli_actor, config_of, db_args, list_limit, stor
 from fairmeter.clock import SystemClock
 from fairmeter.errors import InvalidRequest
 from fairmeter.ledger.windows import Period
+from fairmeter.record import record
 from fairmeter.store import Store, admin_sql, run_with
 from fairmeter.store.sql import Tx
 from fairmeter.tables import limits_text, money_text
@@ -29,7 +29,7 @@ T = TypeVar("T")
 Sub = Any  # argparse's _SubParsersAction, which typeshed keeps private
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ctx:
     store: Store
     now: float  # float-ok: seconds; the instant the store was opened at (migrations applied then)

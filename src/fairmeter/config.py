@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,12 @@ from urllib.parse import urlsplit
 from fairmeter.errors import ConfigError
 from fairmeter.money import Nano, hold_nano, parse_usd
 from fairmeter.pricing.rates import Rates, rates_from_mapping
+from fairmeter.record import record
 
 DEFAULT_DATABASE_URL = "sqlite:///.fairmeter/fairmeter.db"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Upstream:
     """Where one provider's calls go, and the key fairmeter uses there (never shown to clients)."""
 
@@ -32,7 +33,7 @@ class Upstream:
     api_key: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PriceOverride:
     """A `[prices."MODEL"]` table: rates for one model, optionally for one provider only."""
 
@@ -41,7 +42,7 @@ class PriceOverride:
     rates: Rates
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Config:
     """Everything the gateway and the commands need, typed."""
 

@@ -10,7 +10,7 @@ is one transaction, so a refused request changes nothing and logs nothing (docs/
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -21,6 +21,7 @@ from fairmeter.errors import AdminRequired, FairmeterError, InvalidRequest, NotF
 from fairmeter.gateway.asgi import ClientGone, Receive, Scope, Send, read_body, send_whole
 from fairmeter.gateway.errors import render
 from fairmeter.gateway.state import GatewayState
+from fairmeter.record import record
 from fairmeter.store import admin_sql
 from fairmeter.store.records import MAX_LIST_LIMIT
 from fairmeter.store.sql import Tx
@@ -32,7 +33,7 @@ T = TypeVar("T")
 # ---- request bodies --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Field:
     """One accepted body field: what it must be (for the sentence), its JSON types, whether it is required."""
 
@@ -89,7 +90,7 @@ def switch_settings(body: Mapping[str, Any]) -> dict[str, Any]:
 # ---- one request -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request:
     state: GatewayState
     actor: str  # key:<admin key id>
@@ -204,7 +205,7 @@ async def get_log(r: Request) -> Reply:
 # ---- routing -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Route:
     method: str
     pattern: tuple[str, ...]  # "*" matches one non-empty path segment, passed on in ``Request.args``

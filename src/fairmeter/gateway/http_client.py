@@ -24,11 +24,13 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from fairmeter.record import record
 
 # Stop reading from the socket while this much body is buffered and not yet taken; resume once it is taken.
 HIGH_WATER = 256 * 1024
@@ -44,7 +46,7 @@ class ConnectFailed(UpstreamError):
     """No connection could be opened: nothing was sent, so the request may be retried."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Origin:
     scheme: str
     host: str

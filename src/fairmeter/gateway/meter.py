@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 
 import orjson
@@ -16,6 +16,7 @@ from fairmeter.pricing.estimate import billed_usage
 from fairmeter.pricing.price import MILLION, effective_table, price_usage
 from fairmeter.pricing.rates import Rates
 from fairmeter.pricing.worst import RequestBound, worst_case
+from fairmeter.record import record
 from fairmeter.usage.model import Usage, UsageReport, UsageStatus
 from fairmeter.usage.request import ParsedRequest
 
@@ -23,7 +24,7 @@ from fairmeter.usage.request import ParsedRequest
 UNBOUNDED_INPUT_TOKENS = 10_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Quote:
     """The hold for one call: W in nano-USD and what it was computed from."""
 
@@ -42,7 +43,7 @@ class Quote:
         return self.bound.max_input_tokens + self.bound.max_output_tokens
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Bill:
     """What a finished call cost (exact) and what the ledger settles (rounded once)."""
 

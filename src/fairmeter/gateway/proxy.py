@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
 
@@ -22,6 +21,7 @@ from fairmeter.gateway.meter import Quote, budget_message
 from fairmeter.gateway.state import GatewayState
 from fairmeter.gateway.upstream import response_headers
 from fairmeter.money import usd_str
+from fairmeter.record import record
 from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, StoredResponse
 from fairmeter.usage.model import UsageReport, UsageStatus
 from fairmeter.usage.reader import BodyReader, StreamReader
@@ -44,7 +44,7 @@ class UpstreamCut(Exception):
     client connection without finishing the body, so the client sees the same cut."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Route:
     """A metered provider endpoint."""
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from fairmeter.ledger.funding import Allocation, BucketKind, Refusal, WindowUse
 from fairmeter.ledger.windows import Unit, utc_text
 from fairmeter.money import usd_text
+from fairmeter.record import record
 
 
 def amount_text(amount: int, unit: Unit) -> str:
     return usd_text(amount) if unit is Unit.USD else f"{amount:,} tokens"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowState:
     """A subscription window's period as it stands (after a settlement, or now for /limits)."""
 

@@ -20,11 +20,12 @@ Everything here is pure: the store reads the payer's state inside the hold's tra
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 
 from fairmeter.ledger.windows import Unit, WindowSpec
 from fairmeter.money import Nano, usd_text
+from fairmeter.record import record
 
 
 class BucketKind(StrEnum):
@@ -53,7 +54,7 @@ def check_order(order: Sequence[str]) -> tuple[BucketKind, ...]:
     return kinds
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowUse:
     """A window's current period, as a call at ``now`` sees it."""
 
@@ -72,7 +73,7 @@ class WindowUse:
         return self.start + self.spec.span_s
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Grant:
     """One grant and what is spent (posted) and held from it."""
 
@@ -97,7 +98,7 @@ class Grant:
         return (self.priority, self.expires_at, self.created_at, self.id)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Funding:
     """A payer's buckets as read inside the hold's transaction.
 
@@ -119,7 +120,7 @@ class Funding:
         return sorted((g for g in self.grants if g.room(now) > 0), key=lambda g: g.burn_key)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Size:
     """A call's size: nano-USD and tokens (all classes). Worst case at hold, actual at settlement."""
 
@@ -127,7 +128,7 @@ class Size:
     tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Portion:
     """Part of a call paid (or held) by one bucket; ``source`` is the grant id for grants."""
 
@@ -136,7 +137,7 @@ class Portion:
     amount: Nano
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowCharge:
     """What one subscription window holds or is charged for a call, in the window's unit."""
 
@@ -146,7 +147,7 @@ class WindowCharge:
     unit: Unit = Unit.USD
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Allocation:
     """Where a hold (or a settlement) sits: the portions in burn order and the window charges."""
 
@@ -168,7 +169,7 @@ class Allocation:
         return total
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Refusal:
     """Why a hold of ``needed`` does not fit: the numbers a person needs to understand it."""
 
@@ -275,7 +276,7 @@ def _blocked(funding: Funding, now: float, spill_left: Nano | None) -> tuple[str
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Draw:
     """How a settlement splits a call's real cost over its held portions."""
 

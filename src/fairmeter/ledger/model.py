@@ -26,10 +26,10 @@ Nothing is edited except a pending hold's state (pending → posted / voided / e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from fairmeter.money import Nano
+from fairmeter.record import record
 
 
 class TransferKind(StrEnum):
@@ -52,7 +52,7 @@ class TransferState(StrEnum):
     EXPIRED = "expired"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Account:
     """Balances of one account; ``cap`` limits posted + pending debits (None: no cap)."""
 
@@ -64,7 +64,7 @@ class Account:
     credits_posted: Nano
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Transfer:
     """One ledger entry: ``amount`` moves from ``debit_account`` to ``credit_account``."""
 
@@ -78,7 +78,7 @@ class Transfer:
     state: TransferState
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HoldRefused:
     """Why a hold did not fit: the cap, what is posted, what is held, and this call's hold."""
 
@@ -101,7 +101,7 @@ def check_hold(cap: Nano | None, spent: Nano, held: Nano, amount: Nano) -> HoldR
     return HoldRefused(cap=cap, spent=spent, held=held, amount=amount)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settlement:
     """How a hold of ``held`` is resolved for a real cost of ``actual``."""
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fairmeter.ledger.funding import DEFAULT_ORDER, BucketKind, check_order
 from fairmeter.ledger.windows import WEEKDAYS, Period, Unit, WindowKind, WindowSpec
 from fairmeter.money import Nano, hold_nano, parse_usd, usd_str
+from fairmeter.record import record
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 PLAN_KEYS = {
@@ -42,7 +42,7 @@ PLAN_KEYS = {
 WINDOW_KEYS = {"name", "kind", "hours", "anchor", "limit_usd", "limit_tokens"}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Switches:
     """Whether a call may move past the subscription, and the caps on doing so."""
 
@@ -54,7 +54,7 @@ class Switches:
     overage_period: Period = Period.MONTH
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Plan:
     name: str
     windows: tuple[WindowSpec, ...] = ()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState
 from fairmeter.money import Nano, usd_str
+from fairmeter.record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Problem:
     """One thing wrong with (or worth reconciling in) the books."""
 

@@ -14,10 +14,11 @@ refund).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
+
+from fairmeter.record import record
 
 WEEK_S = 7 * 86_400
 _MONDAY_1970 = 4 * 86_400  # 1970-01-05 00:00 UTC, the first Monday after the epoch
@@ -41,7 +42,7 @@ class Period(StrEnum):
     TOTAL = "total"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowSpec:
     """One subscription window of a plan."""
 

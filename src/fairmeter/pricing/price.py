@@ -14,17 +14,17 @@ Rules (documented in docs/pricing.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 
 from fairmeter.pricing.rates import Rates
+from fairmeter.record import record
 from fairmeter.usage.model import Usage
 
 MILLION = Decimal(1_000_000)
 THOUSAND = Decimal(1_000)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PriceLine:
     """One token class of one call: quantity × rate = cost (exact)."""
 
@@ -34,7 +34,7 @@ class PriceLine:
     cost: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Price:
     """The exact price of a call's usage."""
 

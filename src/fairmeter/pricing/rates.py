@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from decimal import Decimal
 from typing import Any
+
+from fairmeter.record import record
 
 # Rate keys of `prices_per_mtok`; `cache_write_<ttl>` is accepted for any TTL.
 TOKEN_RATE_KEYS = (
@@ -20,7 +22,7 @@ TOKEN_RATE_KEYS = (
 FEE_KEYS = ("web_search_per_1k_requests",)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LongContext:
     """Rates that replace the base ones when total input tokens exceed the threshold (strictly)."""
 
@@ -28,7 +30,7 @@ class LongContext:
     per_mtok: Mapping[str, Decimal]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rates:
     """A model's prices. ``per_mtok`` maps a rate key (see TOKEN_RATE_KEYS) to USD per 1M tokens."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from fairmeter.errors import InvalidRequest, NotFound
@@ -25,6 +24,7 @@ from fairmeter.ledger.plans import (
 )
 from fairmeter.ledger.windows import period_bounds
 from fairmeter.money import Nano, usd_str
+from fairmeter.record import record
 from fairmeter.store.funding_sql import (
     Payer,
     account_room,
@@ -239,7 +239,7 @@ async def payer_of_key(tx: Tx, key_id: str) -> str:
     return str(row["payer_id"])
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeyOwner:
     org_id: str
     user_id: str | None
@@ -372,7 +372,7 @@ async def lapse_grants(tx: Tx, now: float) -> int:
 # ---- limits --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Cap:
     what: str
     cap: Nano | None

@@ -37,6 +37,7 @@ from fairmeter.ledger.funding import (
 from fairmeter.ledger.plans import Plan, Switches, parse_switches, plan_from_mapping
 from fairmeter.ledger.windows import Unit, WindowSpec, period_bounds, window_start
 from fairmeter.money import Nano, usd_str
+from fairmeter.record import record
 from fairmeter.store.records import DEFAULT_ORG, DEFAULT_PAYER, HoldOutcome, iso
 from fairmeter.store.sql import Row, Tx, row_chunks, values_sql
 
@@ -220,7 +221,7 @@ def plan_of(spec_json: str) -> Plan:
     return plan
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Payer:
     id: str
     org_id: str
@@ -360,7 +361,7 @@ def allocation_json(a: Allocation, spill_start: float | None, overage_start: flo
     ).decode()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HeldFunding:
     allocation: Allocation
     spill_start: float | None  # float-ok: seconds
@@ -598,7 +599,7 @@ class Writes:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FundingHold:
     """A placed funding hold (``refusal`` None), or why it was refused."""
 
@@ -685,7 +686,7 @@ async def hold_funding(
     return FundingHold(held, writes=w)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FundingSettled:
     paid: Allocation  # every bucket that paid, in order (placed afterwards included)
     overrun: Nano  # posted to overage beyond every room, flagged

@@ -12,18 +12,18 @@ Results are codes, not exceptions (TigerBeetle style): a hold that does not fit 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from fairmeter.ledger.model import Account, Transfer
 from fairmeter.money import Nano
+from fairmeter.record import record
 from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord
 from fairmeter.store.sql import Tx
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LapsedCall:
     """A pending call whose lease ran out (its gateway process stopped)."""
 
@@ -32,7 +32,7 @@ class LapsedCall:
     estimate: Nano
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CallPage:
     """Filters and cursor of ``list_calls`` (newest first)."""
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from fairmeter.ledger.model import HoldRefused
 from fairmeter.money import Nano, usd_str
+from fairmeter.record import record
 
 KEY_PREFIX = "fm-"
 
@@ -20,7 +20,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeyRecord:
     """A fairmeter key (only its hash is stored)."""
 
@@ -59,7 +59,7 @@ def provider_account(provider: str) -> str:
     return f"provider:{provider}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CallStart:
     """What is known about a call when its hold is placed."""
 
@@ -81,7 +81,7 @@ class CallStart:
     tokens: int = 0  # worst-case tokens of every class, for subscription windows counted in tokens
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CallEnd:
     """How a call ended, written when it is settled or voided."""
 
@@ -101,7 +101,7 @@ class CallEnd:
     tokens: int = 0  # tokens of every class the provider reported, for windows counted in tokens
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredResponse:
     """A settled call's response, kept for idempotent replays."""
 
@@ -111,7 +111,7 @@ class StoredResponse:
     stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HoldOutcome:
     """Result code of a hold (TigerBeetle style: results, not exceptions)."""
 

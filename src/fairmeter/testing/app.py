@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from fairmeter.record import record
 from fairmeter.testing import anthropic_messages, openai_chat, openai_responses
 from fairmeter.testing.behaviour import Behaviour, BehaviourError, parse_behaviour
 from fairmeter.testing.errors import (
@@ -49,7 +49,7 @@ def _count_tokens(body: dict[str, Any], behaviour: Behaviour) -> Reply:
     return anthropic_messages.count_tokens(body)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Route:
     method: str
     anthropic: bool

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from fairmeter.record import record
 
 
 class BehaviourError(ValueError):
     """An `x-emulator-*` header whose value cannot be understood."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Behaviour:
     """What one request asks the emulator to do besides answering normally."""
 

@@ -8,11 +8,11 @@ stream the list of SSE `data:` payload strings in arrival order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from fairmeter.record import record
 from fairmeter.testing.errors import anthropic_headers, openai_headers
 from fairmeter.testing.sse import data_frame, event_frame, new_id
 from fairmeter.testing.wire import Reply
@@ -29,7 +29,7 @@ class ScenarioError(ValueError):
     """A scenario that cannot be registered, or an unknown scenario id."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Scenario:
     """One recorded response."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
+
+from fairmeter.record import record
 
 
 class UsageStatus(StrEnum):
@@ -21,7 +23,7 @@ class UsageStatus(StrEnum):
     ERROR = "error"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Usage:
     """Token counts by billing class.
 
@@ -56,7 +58,7 @@ class Usage:
         return self.uncached_input_tokens + self.cache_read_tokens + self.cache_write_tokens
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UsageReport:
     """What a provider module learned from one response (body or stream).
 
@@ -74,7 +76,7 @@ class UsageReport:
     notes: tuple[str, ...] = field(default=())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestBound:
     """Upper bounds read from a request before it is forwarded (see docs/bounds.md)."""
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from fairmeter.errors import InvalidRequest
+from fairmeter.record import record
 from fairmeter.usage.model import RequestBound
 
 # Fixed overheads, in tokens. docs/bounds.md explains each and why it is generous.
@@ -39,7 +39,7 @@ MAX_CHOICES = 128  # OpenAI's own upper limit on ``n``
 _SHOW_CHARS = 60
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParsedRequest:
     """What the gateway needs from a request to price its worst case and forward it.
 

@@ -16,12 +16,12 @@ the buffer is not acted on until the next byte (or `flush`): it may be the first
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from fairmeter.record import record
 
 _BOM = b"\xef\xbb\xbf"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SSEEvent:
     """One event: its exact bytes (with the terminating blank line), its type and its data."""
 
