@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
@@ -48,10 +48,11 @@ def to_sqlite(sql: str) -> str:
 ROWS_PER_STATEMENT = 50
 
 
-def row_chunks(rows: Sequence[T]) -> Iterator[Sequence[T]]:
-    """``rows`` in runs of at most ``ROWS_PER_STATEMENT``, one multi-row statement each."""
-    for i in range(0, len(rows), ROWS_PER_STATEMENT):
-        yield rows[i : i + ROWS_PER_STATEMENT]
+def row_chunks(rows: Sequence[T]) -> Sequence[Sequence[T]]:
+    """``rows`` in runs of at most ``ROWS_PER_STATEMENT``, one multi-row statement each (none for no rows)."""
+    if len(rows) <= ROWS_PER_STATEMENT:  # nearly always: one run, and no generator to make
+        return (rows,) if rows else ()
+    return [rows[i : i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]
 
 
 @lru_cache(maxsize=128)

@@ -189,9 +189,10 @@ class SQLiteStore:
         ``wait=False`` (a group commit): if another connection holds the write lock, raise `LockBusy`
         at once rather than let SQLite's busy handler sleep on the event-loop thread.
         """
-        self._execute("BEGIN IMMEDIATE", wait=wait)
+        cur = self._cur  # the hot path's cursor: no cursor is made for these statements
+        self._execute("BEGIN IMMEDIATE", wait=wait, cur=cur)
         try:
-            version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            version = cur.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:  # another process committed (a CLI command, say)
                 self._payers.clear()
                 self._data_version = version
@@ -205,16 +206,19 @@ class SQLiteStore:
             if self.db.in_transaction:  # some errors (a full disk) end the transaction themselves
                 self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        cur.execute("COMMIT")
         self._forwarded -= marked
 
-    def _execute(self, sql: str, args: tuple[object, ...] = (), wait: bool = True) -> sqlite3.Cursor:
+    def _execute(
+        self, sql: str, args: tuple[object, ...] = (), wait: bool = True, cur: sqlite3.Cursor | None = None
+    ) -> sqlite3.Cursor:
         """A statement that may find another connection's lock: ``wait`` tries again every ``BUSY_POLL_S`` for
-        up to ``BUSY_TIMEOUT_S`` (what SQLite's busy handler would do), else raises `LockBusy` at once."""
+        up to ``BUSY_TIMEOUT_S`` (what SQLite's busy handler would do), else raises `LockBusy` at once. ``cur``:
+        run it on that cursor (else on a new one, which a caller may iterate while it runs other statements)."""
         deadline = None
         while True:
             try:
-                return self.db.execute(sql, args)
+                return (cur or self.db).execute(sql, args)
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode not in _BUSY:
                     raise
@@ -282,7 +286,7 @@ class SQLiteStore:
         todo = list(self._forwarded - settled)
         for i in range(0, len(todo), _IDS_PER_UPDATE):
             ids = todo[i : i + _IDS_PER_UPDATE]
-            self.db.execute(f"UPDATE calls SET forwarded = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
+            self._cur.execute(f"UPDATE calls SET forwarded = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
         return settled.union(todo)
 
     def _flush_writes(self, writes: Writes) -> None:
