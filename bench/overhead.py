@@ -14,20 +14,25 @@ Afterwards the ledger is checked: ``fairmeter verify`` must report balanced book
 recorded must equal the requests wrk sent (completed, plus those in flight when wrk's timer
 stopped, which the gateway still settles). A failed check is the only non-zero exit.
 
-    python bench/overhead.py [--duration 6] [--warmup 2] [--workers N] [--with-bare] [--compare-clients] [--json OUT]
+    python bench/overhead.py [--duration 6] [--warmup 2] [--workers N] [--rounds N] [--with-bare] [--compare-clients]
+                             [--json OUT]
 
 ``--with-bare`` also measures bench/bare_proxy.py (a pass-through proxy with no metering) in the
-same run; ``--compare-clients`` adds the bare proxy on httpx2 instead of aiohttp.
+same run; ``--compare-clients`` adds the bare proxy on httpx2 instead of aiohttp. ``--rounds N`` measures
+every point N times, each round against its own direct run, and reports the medians with their range: on a
+shared VM whose speed drifts within minutes, one round can land a figure on either side of a target.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +63,7 @@ class Point:
     stream: bool
     wrk: WrkResult
     cpu_ms_per_request: float | None
+    round: int = 0  # with --rounds N: which of the N rounds (each compares with its own direct run)
 
 
 def request_body(stream: bool) -> bytes:
@@ -134,6 +140,7 @@ def measure(
     stream: bool,
     bodies: dict[bool, Path],
     a: argparse.Namespace,
+    rnd: int = 0,
 ) -> tuple[Point, int, int]:
     """Warm up, then measure one point; returns it and the requests wrk sent and completed in both runs."""
     url = f"http://127.0.0.1:{port}{PATH}"
@@ -143,7 +150,7 @@ def measure(
     before = proc.cpu_ms() if proc else 0.0
     result = run_wrk(url, c, a.duration, bodies[stream], auth, chunks)
     cpu = (proc.cpu_ms() - before) / result.requests if proc and result.requests else None
-    point = Point(target, c, stream, result, cpu)
+    point = Point(target, c, stream, result, cpu, rnd)
     print(
         f"  {target:<10} c={c:<3} {'stream' if stream else 'plain ':<6} {result.rps:>9.0f} rps"
         f"  p50 {result.p50_us / 1000:7.2f} ms  p99 {result.p99_us / 1000:7.2f} ms"
@@ -193,16 +200,34 @@ def ledger_check(config: Path, db: Path | str, sent: int, completed: int) -> dic
     }
 
 
-def share(points: list[Point], target: str, c: int, stream: bool) -> tuple[Point, Point] | None:
-    direct = next((p for p in points if p.target == "direct" and p.connections == c and p.stream == stream), None)
-    other = next((p for p in points if p.target == target and p.connections == c and p.stream == stream), None)
-    return (direct, other) if direct and other else None
+def pairs(points: list[Point], target: str, c: int, stream: bool) -> list[tuple[Point, Point]]:
+    """Each round's (direct, target) points of one combination: a figure always compares within its round."""
+    out = []
+    for r in sorted({p.round for p in points}):
+        mine = [p for p in points if p.round == r and p.connections == c and p.stream == stream]
+        direct = next((p for p in mine if p.target == "direct"), None)
+        other = next((p for p in mine if p.target == target), None)
+        if direct and other:
+            out.append((direct, other))
+    return out
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """``min–max`` of the rounds' values (empty for one round)."""
+    return "" if len(values) < 2 else f"{format(min(values), fmt)}–{format(max(values), fmt)}"
 
 
 def print_report(points: list[Point], targets: list[str]) -> list[dict[str, object]]:
-    """The comparison table and the targets; returns the table rows (for --json)."""
+    """The comparison table and the targets; returns the table rows (for --json).
+
+    With several rounds every figure is the median of the rounds' figures, each taken against the direct run
+    of its own round (minutes apart at most), and a second line gives their range.
+    """
     rows: list[dict[str, object]] = []
+    rounds = len({p.round for p in points})
     print()
+    if rounds > 1:
+        print(f"medians of {rounds} rounds (each against its own round's direct run); under each, the range")
     print(
         f"{'target':<11}{'conc':>5} {'stream':<7}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'+p50 ms':>9}{'+p99 ms':>9}{'of direct':>10}{'cpu ms/req':>11}"
@@ -210,36 +235,51 @@ def print_report(points: list[Point], targets: list[str]) -> list[dict[str, obje
     for stream in (False, True):
         for c in (1, 64):
             for target in ["direct", *targets]:
-                pair = share(points, target, c, stream)
-                if pair is None:
+                found = pairs(points, target, c, stream)
+                if not found:
                     continue
-                d, p = pair
-                added50 = (p.wrk.p50_us - d.wrk.p50_us) / 1000
-                added99 = (p.wrk.p99_us - d.wrk.p99_us) / 1000
-                ratio = p.wrk.rps / d.wrk.rps
+                per = {
+                    "rps": [p.wrk.rps for _, p in found],
+                    "p50": [p.wrk.p50_us / 1000 for _, p in found],
+                    "p99": [p.wrk.p99_us / 1000 for _, p in found],
+                    "added50": [(p.wrk.p50_us - d.wrk.p50_us) / 1000 for d, p in found],
+                    "added99": [(p.wrk.p99_us - d.wrk.p99_us) / 1000 for d, p in found],
+                    "ratio": [p.wrk.rps / d.wrk.rps for d, p in found],
+                    "cpu": [p.cpu_ms_per_request for _, p in found if p.cpu_ms_per_request is not None],
+                }
+                med = {k: statistics.median(v) if v else None for k, v in per.items()}
+                is_direct = target == "direct"
                 row = {
                     "target": target,
                     "connections": c,
                     "stream": stream,
-                    "rps": round(p.wrk.rps, 1),
-                    "p50_ms": p.wrk.p50_us / 1000,
-                    "p99_ms": p.wrk.p99_us / 1000,
-                    "added_p50_ms": None if target == "direct" else round(added50, 3),
-                    "added_p99_ms": None if target == "direct" else round(added99, 3),
-                    "share_of_direct": None if target == "direct" else round(ratio, 4),
-                    "cpu_ms_per_request": None if p.cpu_ms_per_request is None else round(p.cpu_ms_per_request, 4),
-                    "requests": p.wrk.requests,
-                    "errors": p.wrk.errors,
+                    "rps": round(med["rps"] or 0, 1),
+                    "p50_ms": med["p50"],
+                    "p99_ms": med["p99"],
+                    "added_p50_ms": None if is_direct else round(med["added50"] or 0, 3),
+                    "added_p99_ms": None if is_direct else round(med["added99"] or 0, 3),
+                    "share_of_direct": None if is_direct else round(med["ratio"] or 0, 4),
+                    "cpu_ms_per_request": None if med["cpu"] is None else round(med["cpu"], 4),
+                    "requests": sum(p.wrk.requests for _, p in found),
+                    "errors": sum(p.wrk.errors for _, p in found),
+                    "rounds": {k: [round(x, 4) for x in v] for k, v in per.items()} if rounds > 1 else None,
                 }
                 rows.append(row)
-                cpu = "" if p.cpu_ms_per_request is None else f"{p.cpu_ms_per_request:.3f}"
-                deltas = "" if target == "direct" else f"{added50:9.2f}{added99:9.2f}{ratio * 100:9.1f}%"
-                if target == "direct":
-                    deltas = f"{'':9}{'':9}{'':10}"
+                cpu = "" if med["cpu"] is None else f"{med['cpu']:.3f}"
+                deltas = f"{'':9}{'':9}{'':10}"
+                if not is_direct:
+                    deltas = f"{med['added50']:9.2f}{med['added99']:9.2f}{(med['ratio'] or 0) * 100:9.1f}%"
                 print(
-                    f"{target:<11}{c:>5} {'yes' if stream else 'no':<7}{p.wrk.rps:>9.0f}"
-                    f"{p.wrk.p50_us / 1000:>9.2f}{p.wrk.p99_us / 1000:>9.2f}{deltas}{cpu:>11}"
+                    f"{target:<11}{c:>5} {'yes' if stream else 'no':<7}{med['rps'] or 0:>9.0f}"
+                    f"{med['p50'] or 0:>9.2f}{med['p99'] or 0:>9.2f}{deltas}{cpu:>11}"
                 )
+                if rounds > 1:
+                    spread = f"rps {_spread(per['rps'], '.0f')}"
+                    if not is_direct:
+                        ratio_pct = [x * 100 for x in per["ratio"]]
+                        spread += f", +p50 {_spread(per['added50'], '.2f')} ms, {_spread(ratio_pct, '.1f')} % of direct"
+                        spread += f", cpu {_spread(per['cpu'], '.3f')} ms/req" if per["cpu"] else ""
+                    print(f"{'':18}range: {spread}")
         print()
     return rows
 
@@ -289,6 +329,12 @@ def main() -> int:
     p.add_argument("--with-bare", action="store_true", help="also measure bench/bare_proxy.py (aiohttp)")
     p.add_argument("--compare-clients", action="store_true", help="also the bare proxy on httpx2 (implies --with-bare)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every point this many times, each round against its own direct run, and report medians",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
     p.add_argument("--postgres", action="store_true", help="the gateway on a fresh PostgreSQL database, not SQLite")
@@ -373,19 +419,21 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
 
     points: list[Point] = []
     sent_to_gateway, completed_by_gateway = 1, 1  # the start-up call
-    print(f"measuring: {a.warmup:g} s warm-up + {a.duration:g} s per point", flush=True)
-    for stream in (False, True):
-        for c in a.concurrency:
-            point, _, _ = measure("direct", emu_port, None, UPSTREAM_KEY, c, stream, bodies, a)
+    rounds = f" in each of {a.rounds} rounds" if a.rounds > 1 else ""
+    print(f"measuring: {a.warmup:g} s warm-up + {a.duration:g} s per point{rounds}", flush=True)
+    # A round measures every point: direct, then each proxy. Every figure compares a proxy with the direct
+    # run of its own round, minutes apart at most, so a VM that slows down between rounds moves both.
+    for rnd, stream, c in itertools.product(range(a.rounds), (False, True), a.concurrency):
+        point, _, _ = measure("direct", emu_port, None, UPSTREAM_KEY, c, stream, bodies, a, rnd)
+        points.append(point)
+        for name, port, proc in proxies:
+            auth = key if name == "gateway" else "bench"
+            point, sent, completed = measure(name, port, proc, auth, c, stream, bodies, a, rnd)
             points.append(point)
-            for name, port, proc in proxies:
-                auth = key if name == "gateway" else "bench"
-                point, sent, completed = measure(name, port, proc, auth, c, stream, bodies, a)
-                points.append(point)
-                if name == "gateway":
-                    sent_to_gateway += sent
-                    completed_by_gateway += completed
-                    pss_peak = max(pss_peak, proc.memory_kb()["Pss"])
+            if name == "gateway":
+                sent_to_gateway += sent
+                completed_by_gateway += completed
+                pss_peak = max(pss_peak, proc.memory_kb()["Pss"])
     mem = gateway.memory_kb()
     # One process: its peak resident set (VmHWM), exact. Several (a parent and its forked workers, sharing
     # the pages they have not written since the fork): the peak of their summed PSS, sampled after each
@@ -428,6 +476,7 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
                 {
                     "machine": info,
                     "duration_s": a.duration,
+                    "rounds": a.rounds,
                     "warmup_s": a.warmup,
                     "start_to_first_call_s": round(start_s, 4),
                     "gateway_workers": a.workers,
