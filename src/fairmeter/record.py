@@ -3,7 +3,7 @@
 A frozen dataclass sets each field through ``object.__setattr__`` in its ``__init__``, which makes it about
 five times as dear to build as a plain one (for 16 fields, 2.1 µs against 0.33 µs on the benchmark
 machine), and a call through the gateway builds some thirty records (usage, price, hold, allocation,
-settlement …): about 5 % of a call's CPU went to those ``__init__``\\ s.
+settlement …): about a tenth of a call's instructions went to building them (docs/performance.md, stop 10).
 
 So a record is frozen for the type checker and plain at run time. ``mypy --strict`` runs on every module of
 the package (``make test``), so no code of the package can assign to a record's field; at run time it is a
