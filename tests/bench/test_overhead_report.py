@@ -1,0 +1,47 @@
+"""bench/overhead.py's report: with several rounds, each proxy figure is taken against its own round's direct run,
+and the table gives the median of the rounds (the figures in docs/performance.md come from it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from overhead import Point, print_report  # noqa: E402
+from procs import WrkResult  # noqa: E402
+
+
+def point(target: str, rnd: int, rps: float, p50_us: int, cpu: float | None = None) -> Point:
+    wrk = WrkResult(int(rps * 10), int(rps * 10), 10.0, p50_us, p50_us, p50_us * 2, float(p50_us), 0)
+    return Point(target, 1, False, wrk, cpu, rnd)
+
+
+def test_each_round_is_compared_with_its_own_direct_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # The direct call doubles its speed each round; the gateway keeps half of it in every round.
+    points = [
+        point("direct", 0, 1000, 100), point("gateway", 0, 500, 600, 0.5),
+        point("direct", 1, 2000, 50), point("gateway", 1, 1000, 450, 0.4),
+        point("direct", 2, 4000, 25), point("gateway", 2, 2000, 725, 0.7),
+    ]  # fmt: skip
+    rows = print_report(points, ["gateway"])
+    gateway = next(r for r in rows if r["target"] == "gateway")
+    assert gateway["share_of_direct"] == 0.5  # each round's own share (against round 0's direct: 0.5, 1, 2)
+    assert gateway["added_p50_ms"] == 0.5  # the rounds added 0.5, 0.4 and 0.7 ms: the median
+    assert gateway["cpu_ms_per_request"] == 0.5
+    assert gateway["rounds"]["added50"] == [0.5, 0.4, 0.7]
+    out = capsys.readouterr().out
+    assert "medians of 3 rounds" in out
+    assert "+p50 0.40–0.70 ms, 50.0–50.0 % of direct" in out
+
+
+def test_one_round_prints_no_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = print_report([point("direct", 0, 1000, 100), point("gateway", 0, 250, 400, 0.3)], ["gateway"])
+    gateway = next(r for r in rows if r["target"] == "gateway")
+    assert gateway["share_of_direct"] == 0.25
+    assert gateway["added_p50_ms"] == 0.3
+    assert gateway["rounds"] is None
+    assert "range" not in capsys.readouterr().out
