@@ -454,16 +454,8 @@ _PARTS = (
 
 Shape = tuple[int, int, int, int]
 
-# Each part as a row-by-row insert (SQLite): the statement's head, its row width, its conflict clause.
+# Each part as rows of a multi-row insert (SQLite): the statement's head, its row width, its conflict clause.
 _INSERTS = tuple((f"INSERT INTO {target}", len(types), conflict) for _, target, types, conflict in _PARTS)
-
-
-async def _insert_rows(tx: Tx, part: tuple[str, int, str], rows: Sequence[Sequence[object]]) -> None:
-    """``rows`` of one part, in as few multi-row statements as the parameter limit allows (keys are unique:
-    deltas to one row were summed first)."""
-    head, width, conflict = part
-    for chunk in row_chunks(rows):
-        await tx.execute(values_sql(head, width, len(chunk), conflict), *chain.from_iterable(chunk))
 
 
 @lru_cache(maxsize=256)
@@ -568,19 +560,15 @@ class Writes:
                 " AND state = 'pending'",
                 *self.resolve,
             )
-        acc, moved, win, per = _INSERTS
-        if self.accounts:
-            await _insert_rows(tx, acc, [(account, *row) for account, row in self.accounts.items() if any(row)])
-        if self.transfers:
-            await _insert_rows(tx, moved, self.transfers)
-        if self.windows:
-            await _insert_rows(
-                tx, win, [(*key, used, held) for key, (used, held) in self.windows.items() if used or held]
-            )
-        if self.periods:
-            await _insert_rows(
-                tx, per, [(*key, used, held) for key, (used, held) in self.periods.items() if used or held]
-            )
+        parts: tuple[Sequence[Sequence[object]], ...] = (
+            [(account, *row) for account, row in self.accounts.items() if any(row)],
+            self.transfers,
+            [(*key, used, held) for key, (used, held) in self.windows.items() if used or held],
+            [(*key, used, held) for key, (used, held) in self.periods.items() if used or held],
+        )
+        for (head, width, conflict), rows in zip(_INSERTS, parts, strict=True):
+            for chunk in row_chunks(rows):  # a part's rows in one statement (keys are unique: summed first)
+                await tx.execute(values_sql(head, width, len(chunk), conflict), *chain.from_iterable(chunk))
 
     @property
     def empty(self) -> bool:
