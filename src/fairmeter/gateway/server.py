@@ -16,6 +16,7 @@ from fairmeter.catalog import Catalog
 from fairmeter.clock import Clock, SystemClock
 from fairmeter.config import Config
 from fairmeter.gateway.app import Gateway
+from fairmeter.gateway.http_protocol import GatewayHttpProtocol
 from fairmeter.gateway.meter import Meter
 from fairmeter.gateway.proxy import UpstreamCut
 from fairmeter.gateway.state import GatewayState
@@ -57,7 +58,7 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # httptools, each response's head sent with its body (`http_protocol`)
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -516,11 +516,11 @@ class SQLiteStore:
         # A call this process held: its funding settlement is planned first, so the call's record takes the
         # explanation in the same update (else it is settled after, from the record's funding hold).
         planned: Writes | None = None
-        held = self._held.pop(call_id, None)
-        payer = self._payers.get(held[0]) if held is not None else None  # as this transaction knows it, if it does
-        if held is not None:
+        here = self._held.pop(call_id, None)  # (payer, funding hold, key account)
+        payer = self._payers.get(here[0]) if here is not None else None  # as this transaction knows it, if it does
+        if here is not None:
             planned, done, _, _ = run_now(
-                plan_settlement(self._tx, call_id, held[0], held[2], held[1], Size(actual, end.tokens), now,
+                plan_settlement(self._tx, call_id, here[0], here[2], here[1], Size(actual, end.tokens), now,
                                 void=void, credit_key=False)
             )  # fmt: skip
             if done is None:
