@@ -46,55 +46,53 @@ def held(loop: asyncio.AbstractEventLoop) -> tuple[Recording, HeadWithBody]:
     return rec, HeadWithBody(rec, loop)  # type: ignore[arg-type]
 
 
-def test_a_head_and_its_body_leave_in_one_write() -> None:
-    asyncio.run(_a_head_and_its_body_leave_in_one_write())
+def turn(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the loop run what is due (a callback scheduled with ``call_soon`` included)."""
+    loop.run_until_complete(asyncio.sleep(0))
 
 
-async def _a_head_and_its_body_leave_in_one_write() -> None:
-    rec, t = held(asyncio.get_running_loop())
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_a_head_and_its_body_leave_in_one_write(loop: asyncio.AbstractEventLoop) -> None:
+    rec, t = held(loop)
     t.write(HEAD)
     assert rec.writes == []
     t.write(b"body")
     assert rec.writes == [HEAD + b"body"]
-    await asyncio.sleep(0)
+    turn(loop)
     assert rec.writes == [HEAD + b"body"]  # the turn's release finds nothing held
 
 
-def test_a_head_with_nothing_after_it_leaves_at_the_loop_s_next_turn() -> None:
-    asyncio.run(_a_head_with_nothing_after_it_leaves_at_the_loop_s_next_turn())
-
-
-async def _a_head_with_nothing_after_it_leaves_at_the_loop_s_next_turn() -> None:
-    rec, t = held(asyncio.get_running_loop())
+def test_a_head_with_nothing_after_it_leaves_at_the_loop_s_next_turn(loop: asyncio.AbstractEventLoop) -> None:
+    rec, t = held(loop)
     t.write(HEAD)
-    await asyncio.sleep(0)
+    turn(loop)
     assert rec.writes == [HEAD]
     t.write(b"data: 1\n\n")  # a stream's first chunk, later
     assert rec.writes == [HEAD, b"data: 1\n\n"]
 
 
-def test_closing_sends_a_held_head_first_and_a_closed_transport_gets_nothing_more() -> None:
-    asyncio.run(_closing_sends_a_held_head_first_and_a_closed_transport_gets_nothing_more())
-
-
-async def _closing_sends_a_held_head_first_and_a_closed_transport_gets_nothing_more() -> None:
-    rec, t = held(asyncio.get_running_loop())
+def test_closing_sends_a_held_head_first_and_a_closed_transport_gets_nothing_more(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    rec, t = held(loop)
     t.write(HEAD)
     t.close()
     assert rec.writes == [HEAD] and rec.closed
-    rec2, t2 = held(asyncio.get_running_loop())
+    rec2, t2 = held(loop)
     t2.write(HEAD)
     rec2.closed = True  # the peer went away before the loop's turn
-    await asyncio.sleep(0)
+    turn(loop)
     assert rec2.writes == []
 
 
-def test_bytes_that_are_not_a_head_pass_at_once() -> None:
-    asyncio.run(_bytes_that_are_not_a_head_pass_at_once())
-
-
-async def _bytes_that_are_not_a_head_pass_at_once() -> None:
-    rec, t = held(asyncio.get_running_loop())
+def test_bytes_that_are_not_a_head_pass_at_once(loop: asyncio.AbstractEventLoop) -> None:
+    rec, t = held(loop)
     t.write(b"0\r\n\r\n")
     assert rec.writes == [b"0\r\n\r\n"]
 
@@ -133,20 +131,20 @@ def expected(seq: list[tuple[str, bytes]], close: bool) -> list[bytes]:
 def test_heads_wait_for_the_next_write_or_the_loop_s_turn_and_nothing_is_lost_or_reordered(
     seq: list[tuple[str, bytes]], close: bool
 ) -> None:
-    async def run() -> Recording:
-        rec, t = held(asyncio.get_running_loop())
+    loop = asyncio.new_event_loop()
+    try:
+        rec, t = held(loop)
         for op, data in seq:
             if op == "turn":
-                await asyncio.sleep(0)
+                turn(loop)
             else:
                 t.write(data)
         if close:
             t.close()
         else:
-            await asyncio.sleep(0)
-        return rec
-
-    rec = asyncio.run(run())
+            turn(loop)
+    finally:
+        loop.close()
     assert rec.writes == expected(seq, close)
     assert b"".join(rec.writes) == b"".join(data for op, data in seq if op == "write")
     assert rec.closed is close
