@@ -10,8 +10,9 @@ Each target is started twice under callgrind and sent ``--first`` and then ``--s
 difference of the two totals over the difference of the counts leaves out start-up and shut-down. A run takes
 about a minute (callgrind runs the code some fifty times slower). Runs of the same code differ by up to 4 % (the
 WAL checkpoint thread works on a wall-clock timer), so a small change needs several runs to show.
-At that speed a settlement's 5 ms ride timer can fire before the next call's hold is queued, as when calls are
-sparse (at full speed a call at concurrency 1 is one transaction).
+At that speed a settlement's 5 ms ride timer can fire before the next call is forwarded, as when calls are
+sparse (at full speed a call at concurrency 1 is two transactions: its hold, then its forwarded mark with the
+previous call's settlement).
 
     .venv/bin/python bench/instructions.py                  # gateway and bare proxy
     .venv/bin/python bench/instructions.py --json out.json

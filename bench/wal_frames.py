@@ -2,9 +2,10 @@
 
 Every page a transaction changes is written whole to the WAL at COMMIT (two system calls per frame), and again
 into the database by the checkpoint, so the pages a call dirties, not its statements, set most of what the
-ledger's commit costs. This runs the store alone with the gateway's pattern at concurrency 1 (a call's hold,
-its "forwarded" mark, and its settlement riding with the next call's hold: one transaction per call), keeps
-every frame (no checkpoint runs), and maps each frame's page to its b-tree with SQLite's ``dbstat`` table.
+ledger's commit costs. This runs the store alone with the gateway's pattern at concurrency 1 (a call's hold
+commits alone; its "forwarded" mark commits with the previous call's riding settlement: two transactions per
+call), keeps every frame (no checkpoint runs), and maps each frame's page to its b-tree with SQLite's
+``dbstat`` table.
 
     .venv/bin/python bench/wal_frames.py [--calls 2000]
 
@@ -87,7 +88,9 @@ def main() -> int:
     try:
         copy = tmp / "copy.db"
         uvloop.run(run_calls(tmp / "wal.db", a.calls, copy))
-        txs = transactions(Path(f"{copy}-wal").read_bytes())[-a.calls // 2 :]  # steady state: the later half
+        every = transactions(Path(f"{copy}-wal").read_bytes())
+        txs = every[len(every) // 2 :]  # steady state: the later half
+        per_call = len(every) / a.calls  # commits per call (a few set-up commits aside)
         db = sqlite3.connect(copy)
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         try:
@@ -97,12 +100,13 @@ def main() -> int:
             where = {}
         db.close()
         count = collections.Counter(where.get(p, "page 1 (header)" if p == 1 else "other") for t in txs for p in t)
-        frames = sum(len(t) for t in txs) / len(txs)
-        print(f"{len(txs)} commits (the later half of {a.calls} calls, one commit per call), {page_size}-byte pages")
+        calls = len(txs) / per_call  # the calls those commits hold
+        frames = sum(len(t) for t in txs) / calls
+        print(f"{len(txs)} commits, the later half of {a.calls} calls ({per_call:.2f} per call), {page_size} B pages")
         kib = frames * (page_size + FRAME_HEADER) / 1024
-        print(f"{frames:.2f} frames per commit ({kib:.1f} KiB written to the WAL)")
+        print(f"{frames:.2f} frames per call ({kib:.1f} KiB written to the WAL), {frames / per_call:.2f} per commit")
         for name, n in count.most_common():
-            print(f"  {n / len(txs):5.2f}  {name}")
+            print(f"  {n / calls:5.2f}  {name}")
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

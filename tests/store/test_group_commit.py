@@ -71,30 +71,39 @@ def test_a_forwarded_mark_is_not_waited_for_and_is_committed_by_close(store: SQL
         assert db.execute("SELECT forwarded FROM calls WHERE id = 'c1'").fetchone() == (1,)
 
 
-def test_a_forwarded_mark_rides_with_the_settlement_or_commits_after_a_moment(
+def test_a_hold_commits_alone_and_the_rides_commit_when_a_call_is_forwarded_or_after_a_moment(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     end = CallEnd("ok", 200, "complete", None, "0", 0, False, None, 1.0)
 
-    async def main() -> tuple[int, int]:
+    def status(call_id: str) -> tuple[str, int]:
+        return tuple(store.db.execute("SELECT status, forwarded FROM calls WHERE id = ?", (call_id,)).fetchone())
+
+    async def main() -> None:
         key, _ = await store.create_key("k", None, False, 0.0)
+        monkeypatch.setattr(batch, "RIDE_S", 5.0)  # longer than any pause below, however busy the machine
         await store.begin_call(_start("c1", key.id), 86400)
         before = store.committer.batches
-        monkeypatch.setattr(batch, "RIDE_S", 5.0)  # longer than any pause below, however busy the machine
-        store.mark_forwarded("c1")
-        await asyncio.sleep(0.002)  # the upstream answers (the loop ran meanwhile)
-        await store.finish_call("c1", end, 1.0)  # at concurrency 1: the mark shares the settlement's transaction
-        rode = store.committer.batches - before
-        await store.begin_call(_start("c2", key.id), 86400)
+        store.mark_forwarded("c1")  # the request leaves: its mark commits on the loop's next iteration
+        await asyncio.sleep(0)
+        assert store.committer.batches == before + 1 and status("c1") == ("pending", 1)
+        settled = asyncio.ensure_future(store.finish_call("c1", end, 1.0, ride=True))  # the response went out
+        await asyncio.sleep(0.01)
+        assert status("c1") == ("pending", 1)  # riding: nothing is forwarded, and 5 s have not passed
         before = store.committer.batches
+        await store.begin_call(_start("c2", key.id), 86400)  # the next call's hold does not take the ride along
+        assert store.committer.batches == before + 1 and status("c1") == ("pending", 1)
+        store.mark_forwarded("c2")  # it leaves: c1's settlement and c2's mark commit together, while it waits
+        await settled
+        assert store.committer.batches == before + 2
+        assert status("c1") == ("ok", 1) and status("c2") == ("pending", 1)
         monkeypatch.setattr(batch, "RIDE_S", 0.01)
-        store.mark_forwarded("c2")  # a call still in flight: the mark commits on its own, a moment later
+        before = store.committer.batches
+        settled = asyncio.ensure_future(store.finish_call("c2", end, 1.0, ride=True))  # no call is forwarded
         await asyncio.sleep(0.2)
-        return rode, store.committer.batches - before
+        assert settled.done() and store.committer.batches == before + 1 and status("c2") == ("ok", 1)
 
-    assert asyncio.run(main()) == (1, 1)
-    forwarded = dict(store.db.execute("SELECT id, forwarded FROM calls").fetchall())
-    assert forwarded == {"c1": 1, "c2": 1}
+    asyncio.run(main())
 
 
 def test_a_mark_settled_in_its_own_transaction_takes_no_statement_and_survives_a_failed_batch(
@@ -109,9 +118,11 @@ def test_a_mark_settled_in_its_own_transaction_takes_no_statement_and_survives_a
         await store.begin_call(_start("c2", key.id), 86400)
         store.db.set_trace_callback(statements.append)
         store.mark_forwarded("c1")
-        settled = asyncio.ensure_future(store.finish_call("c1", end, 1.0, ride=True))
-        await store.begin_call(_start("c3", key.id), 86400)  # one transaction: c1's mark, its settlement, c3's hold
+        # c1's answer is back before its mark is written (a retry after a busy lock, with several workers):
+        # the mark and the settlement are in one transaction
+        settled = store.committer.run(lambda: store._finish_call("c1", end, 1.0, False, False, False), ride=True)
         await settled
+        await store.begin_call(_start("c3", key.id), 86400)
         assert not [s for s in statements if "forwarded = 1" in s]  # the settlement's update took the mark
         store.mark_forwarded("c2")
         store.committer.submit(lambda: store.db.execute("INSERT INTO no_such_table VALUES (1)"))
@@ -129,14 +140,22 @@ def test_forwarded_marks_of_many_calls_in_flight_are_all_written(
 ) -> None:
     monkeypatch.setattr(sqlite_store, "_IDS_PER_UPDATE", 2)  # several statements for one transaction's marks
 
+    statements: list[str] = []
+
     async def main() -> None:
         key, _ = await store.create_key("k", None, False, 0.0)
         for n in range(5):
             await store.begin_call(_start(f"c{n}", key.id), 86400)
+        await store.begin_call(_start("c_next", key.id), 86400)
+        store.db.set_trace_callback(statements.append)
+        for n in range(5):  # five calls leave in one turn of the loop: one transaction writes their marks
             store.mark_forwarded(f"c{n}")
-        await store.begin_call(_start("c_next", key.id), 86400)  # its transaction writes the five marks
+        await asyncio.sleep(0)
 
     asyncio.run(main())
+    store.db.set_trace_callback(None)
+    assert len([s for s in statements if "forwarded = 1" in s]) == 3  # two ids per statement
+    assert statements.count("COMMIT") == 1
     forwarded = dict(store.db.execute("SELECT id, forwarded FROM calls").fetchall())
     assert forwarded == {"c0": 1, "c1": 1, "c2": 1, "c3": 1, "c4": 1, "c_next": 0}
 
@@ -214,10 +233,10 @@ def test_closing_waits_for_the_write_lock_to_commit_what_is_queued(store: SQLite
         other.close()
 
 
-def test_a_riding_settlement_waits_for_the_next_hold_or_a_moment(
+def test_a_riding_settlement_waits_for_the_next_forward_or_a_moment(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``finish_call(ride=True)``: no transaction of its own; it shares the next one, or commits after RIDE_S."""
+    """``finish_call(ride=True)``: it commits when the next call is forwarded, or after RIDE_S."""
     end = CallEnd("ok", 200, "complete", None, "0", 500, False, None, 1.0)
 
     async def main() -> tuple[bool, int, int]:
@@ -228,7 +247,9 @@ def test_a_riding_settlement_waits_for_the_next_hold_or_a_moment(
         settled = asyncio.ensure_future(store.finish_call("c1", end, 1.0, ride=True))
         await asyncio.sleep(0.05)
         waiting = not settled.done()
-        await store.begin_call(_start("c2", key.id), 86400)  # the next call's hold takes it along
+        await store.begin_call(_start("c2", key.id), 86400)  # the next call's hold commits alone
+        waiting = waiting and not settled.done()
+        store.mark_forwarded("c2")  # it leaves: the settlement commits with its mark
         await settled
         shared = store.committer.batches - before
         monkeypatch.setattr(batch, "RIDE_S", 0.01)
@@ -236,5 +257,5 @@ def test_a_riding_settlement_waits_for_the_next_hold_or_a_moment(
         return waiting, shared, store.committer.batches - before
 
     waiting, shared, total = asyncio.run(main())
-    assert waiting and shared == 1 and total == 2
+    assert waiting and shared == 2 and total == 3
     assert asyncio.run(store.key_spend(store.db.execute("SELECT id FROM keys").fetchone()[0])) == (1_000, 0)

@@ -1,10 +1,16 @@
 """Group commit: the writes of concurrent calls share one transaction, with no waiting when idle.
 
-An operation is queued and a flush is scheduled with ``loop.call_soon``: when the loop is idle the
-flush runs on its very next iteration (no timer), and every operation queued meanwhile by other
-requests joins the same transaction. An operation nobody waits for (``submit``: the "forwarded" mark)
-schedules no flush of its own; it rides with the next one, or commits after ``RIDE_S``; so does one whose
-waiter is in no hurry (``run(op, ride=True)``: a settlement, made after the client has its response).
+An operation someone waits for (``run``: a hold, a refusal, a lease renewal) is queued and a flush is
+scheduled with ``loop.call_soon``: when the loop is idle the flush runs on its very next iteration (no timer),
+and every such operation queued meanwhile by other requests joins the same transaction.
+
+An operation nobody is in a hurry for rides: a settlement (``run(op, ride=True)``, made after the client has
+its response) and anything ``submit``ted (nobody waits for it). Rides never lengthen a transaction someone
+waits for; they commit together when the process is about to wait on the network (``release``: a call was
+just forwarded to its provider, so the commit runs while the provider works), or ``RIDE_S`` after the first
+of them, whichever comes first. At concurrency 1 a call's hold so commits alone, and the previous call's
+settlement commits with the call's forwarded mark while the provider answers (docs/performance.md, stop 11).
+
 Operations report outcomes as result codes, so they do not raise in normal use; if one does, the batch
 is rolled back and its operations are run one by one, so only the failing one reports an error.
 
@@ -13,7 +19,7 @@ entry, COMMIT on a clean exit, ROLLBACK on an exception) and runs synchronous op
 
 When another process holds the database's write lock (several ``fairmeter serve`` workers on one SQLite
 file), the transaction raises `LockBusy` on entry instead of waiting: the batch goes back to the head of
-the queue and is tried again ``RETRY_S`` later, while the event loop goes on serving (a blocking wait would
+its queue and is tried again ``RETRY_S`` later, while the event loop goes on serving (a blocking wait would
 stall every call of this process). Operations queued meanwhile join it, so a busy lock makes batches larger.
 """
 
@@ -30,9 +36,8 @@ Op = tuple[Callable[[], Any], asyncio.Future[Any] | None]  # no future: nobody w
 log = logging.getLogger("fairmeter.store")
 
 
-# An operation nobody waits for (``submit``), or nobody in a hurry (``run(ride=True)``), rides with the next
-# batch someone waits for, or commits after this long: at concurrency 1 a call's "forwarded" mark and its
-# settlement then share the next call's hold transaction instead of paying for one each.
+# Rides (a settlement, a forwarded mark) commit at the latest this long after the first of them, when no call
+# is forwarded meanwhile (``release``), as when calls are sparse.
 RIDE_S = 0.005  # float-ok: seconds
 
 
@@ -51,9 +56,11 @@ class GroupCommitter:
     def __init__(self, transaction: Callable[[bool], AbstractContextManager[object]], batch: bool = True) -> None:
         self._transaction = transaction
         self.batch = batch  # False: every operation commits alone at once (the naive baseline of bench/ledger.py)
-        self._queue: list[Op] = []
-        self._scheduled = False
-        self._riding: asyncio.TimerHandle | None = None
+        self._queue: list[Op] = []  # someone waits for these
+        self._rides: list[Op] = []  # nobody is in a hurry for these
+        self._scheduled = False  # a flush of the queue is due on the loop's next iteration
+        self._releasing = False  # a flush of the rides is due on the loop's next iteration
+        self._riding: asyncio.TimerHandle | None = None  # the rides' deadline
         self.batches = 0
         self.operations = 0
         self.busy = 0  # attempts that found the write lock taken
@@ -61,49 +68,75 @@ class GroupCommitter:
     def run(self, op: Callable[[], T], ride: bool = False) -> asyncio.Future[T]:
         """Queue ``op``; the returned future resolves after the transaction holding it has committed.
 
-        ``ride``: schedule no flush of its own, as ``submit`` (a settlement whose client already has its
-        response); it commits with the next batch, at most ``RIDE_S`` from now.
+        ``ride``: nobody is in a hurry for it (a settlement whose client already has its response): it commits
+        with the rides, at the next ``release`` or at most ``RIDE_S`` from now.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.append((op, fut))
-        if not self.batch:
-            self.flush(wait=True)
-        elif ride:
-            if not self._scheduled and self._riding is None:
-                self._riding = loop.call_later(RIDE_S, self.flush)
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self.flush)
+        if ride:
+            self._ride((op, fut), loop)
+        else:
+            self._queue.append((op, fut))
+            if not self.batch:
+                self.flush(wait=True)
+            elif not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self.flush)
         return fut
 
     def submit(self, op: Callable[[], Any]) -> None:
-        """Queue ``op`` without waiting for its commit: it joins the next batch, at the latest ``RIDE_S`` from
-        now; failures are logged."""
-        self._queue.append((op, None))
+        """Queue ``op`` without waiting for its commit: it rides (see ``run``); failures are logged."""
+        self._ride((op, None), asyncio.get_running_loop())
+
+    def _ride(self, op: Op, loop: asyncio.AbstractEventLoop) -> None:
+        self._rides.append(op)
         if not self.batch:
-            self.flush(wait=True)
-        elif not self._scheduled and self._riding is None:
-            self._riding = asyncio.get_running_loop().call_later(RIDE_S, self.flush)
+            self.flush_rides(wait=True)
+        elif self._riding is None and not self._releasing:
+            self._riding = loop.call_later(RIDE_S, self.flush_rides)
+
+    def release(self) -> None:
+        """The process is about to wait on the network (a call was just forwarded): commit the rides on the
+        loop's next iteration, while it waits."""
+        if self._rides and not self._releasing and self.batch:
+            self._releasing = True
+            asyncio.get_running_loop().call_soon(self.flush_rides)
 
     def flush(self, wait: bool = False) -> None:
-        """Commit everything queued now (scheduled by ``run``); ``wait=True`` (before the store closes, and
-        the naive mode) waits for another process's write lock instead of trying again later."""
+        """Commit the operations someone waits for, queued now (scheduled by ``run``); ``wait=True`` (the naive
+        mode) waits for another process's write lock instead of trying again later."""
         self._scheduled = False
+        batch, self._queue = self._queue, []
+        if batch and self._commit(batch, wait):
+            self._queue = batch + self._queue
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(RETRY_S, self.flush)
+
+    def flush_rides(self, wait: bool = False) -> None:
+        """Commit the rides queued now (at a ``release``, or ``RIDE_S`` after the first)."""
+        self._releasing = False
         if self._riding is not None:
             self._riding.cancel()
             self._riding = None
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
+        batch, self._rides = self._rides, []
+        if batch and self._commit(batch, wait):
+            self._rides = batch + self._rides
+            self._releasing = True
+            asyncio.get_running_loop().call_later(RETRY_S, self.flush_rides)
+
+    def drain(self) -> None:
+        """Commit everything queued, waiting for another process's write lock (before the store closes)."""
+        self.flush(wait=True)
+        self.flush_rides(wait=True)
+
+    def _commit(self, batch: list[Op], wait: bool) -> bool:
+        """Run ``batch`` in one transaction and resolve its futures; True if the write lock was taken (nothing
+        was done: the caller queues the batch again)."""
         try:
             results = self._run_batch(batch, wait)
         except LockBusy:  # another process is writing: try again soon, with whatever joins meanwhile
             self.busy += 1
-            self._queue = batch + self._queue
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(RETRY_S, self.flush)
-            return
+            return True
         except Exception:
             # One operation failed (they return result codes, so this is a bug or a database error):
             # the batch was rolled back; run each operation alone so only the failing one fails.
@@ -126,6 +159,7 @@ class GroupCommitter:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+        return False
 
     def _run_batch(self, batch: list[Op], wait: bool) -> list[tuple[asyncio.Future[Any] | None, bool, Any]]:
         """All operations in one transaction; on any exception the whole transaction is rolled back."""

@@ -166,7 +166,7 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Commit what is still queued (forwarded marks, riding settlements), stop the checkpointer, close."""
-        self.committer.flush(wait=True)
+        self.committer.drain()
         if self._checkpointer is not None:
             self._stop.set()
             self._checkpointer.join(timeout=10)
@@ -279,8 +279,8 @@ class SQLiteStore:
         """Write the forwarded marks queued since the last commit, in one statement, before COMMIT; returns the
         calls whose mark is now in this transaction (forgotten once it commits, kept if it rolls back).
 
-        A call settled in this same transaction takes its mark in its settlement's update instead: at
-        concurrency 1 a call's mark and its settlement share the next call's hold transaction.
+        A call settled in this same transaction takes its mark in its settlement's update instead (its answer
+        came back before the mark was written).
         """
         settled, self._settling = self._settling & self._forwarded, set()
         todo = list(self._forwarded - settled)
@@ -340,15 +340,17 @@ class SQLiteStore:
         return await self.committer.run(lambda: self._begin_call(call, idempotency_ttl_s))
 
     def mark_forwarded(self, call_id: str) -> None:
-        """Joins the next group commit; not waited for (see docs/architecture.md, Leases).
+        """Not waited for (see docs/architecture.md, Leases): the call is leaving for its provider, so the rides
+        (this mark, settlements of earlier calls) commit on the loop's next iteration, while the provider works.
 
-        The marks are written at the end of that transaction, all in one statement (`_mark_forwarded`); the
-        operation queued here only makes sure a transaction comes within ``RIDE_S`` when nothing else does.
+        The marks are written at the end of a transaction, all in one statement (`_mark_forwarded`); the
+        operation queued here only makes sure that a transaction comes.
         """
         first = not self._forwarded
         self._forwarded.add(call_id)  # before the submit: without batching, it commits at once
         if first:
             self.committer.submit(_nothing)
+        self.committer.release()
 
     async def finish_call(
         self,
