@@ -95,7 +95,8 @@ class Store(Protocol):
 
         A call that is no longer pending is left as it is (two resolutions never both apply).
         ``ride``: nobody is waiting for this commit (the client already has its response), so a store may
-        let it share the next transaction of its own (SQLite: `fairmeter.store.batch.RIDE_S` at most).
+        commit it later with other such writes (SQLite: when the next call is forwarded, or after
+        `fairmeter.store.batch.RIDE_S`).
         """
 
     async def record_refusal(self, call: CallStart, status: str, code: str, message: str, ended_at: float) -> None:
