@@ -261,6 +261,32 @@ def test_a_refused_connection_is_a_connect_failure() -> None:
     asyncio.run(main())
 
 
+def test_on_sent_is_called_once_the_request_is_written_and_never_when_nothing_was_sent() -> None:
+    seen: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        seen.append("received")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        async with against(handler) as (client, at):  # a fresh connection: opened first, then written
+            resp = await client.request("POST", at, "/", {}, b"{}", lambda: seen.append("sent"))
+            resp.release()
+        server, port = await serve(handler)
+        await server.stop()
+        client = HttpClient(2.0, 2.0)
+        with pytest.raises(ConnectFailed):
+            await client.request("POST", origin(port), "/", {}, b"{}", lambda: seen.append("sent to nobody"))
+        with pytest.raises(UpstreamError, match="nothing was sent"):
+            await client.request("POST", origin(port), "/", {"x-a": "b\nc"}, b"{}", lambda: seen.append("bad"))
+        await client.close()
+
+    asyncio.run(main())
+    assert seen == ["sent", "received"]
+
+
 def test_a_response_that_is_not_http_is_an_upstream_error() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -23,7 +23,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import field
 from typing import cast
 from urllib.parse import urlsplit
@@ -289,9 +289,16 @@ class HttpClient:
         self._closed = False
 
     async def request(
-        self, method: str, origin: Origin, target: str, headers: dict[str, str], body: bytes | None
+        self,
+        method: str,
+        origin: Origin,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Response:
-        """Send the request and wait for the response's status and headers."""
+        """Send the request and wait for the response's status and headers; ``on_sent`` is called once the
+        request is written to the connection (never when nothing was sent)."""
         if self._closed:
             raise UpstreamError("the upstream client is closed")
         for name, value in headers.items():
@@ -310,6 +317,8 @@ class HttpClient:
             head.append(body)
         assert conn.transport is not None
         conn.transport.write(b"".join(head))
+        if on_sent is not None:
+            on_sent()
         try:
             while not conn.headers_done:
                 await conn.wait(self.read_timeout)

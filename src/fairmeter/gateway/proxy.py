@@ -213,11 +213,13 @@ async def _forward(
         obj["stream_options"] = {**options, "include_usage": True}
         body = orjson.dumps(obj)  # the one change fairmeter makes to a request; otherwise its bytes go as sent
     headers["content-type"] = "application/json"
-    # Recorded with the next group commit, not waited for: the request leaves now. If this process
-    # dies before that commit, the lapsed hold is taken as never forwarded and voided.
-    state.store.mark_forwarded(start.id)
+    # "Forwarded" is marked once the request is written (a connect that fails sends nothing), not waited for:
+    # it commits while the provider works. If this process dies before that commit, the lapsed hold is taken
+    # as never forwarded and voided.
     try:
-        resp = await state.upstream.send("POST", upstream, scope["path"], headers, body)
+        resp = await state.upstream.send(
+            "POST", upstream, scope["path"], headers, body, lambda: state.store.mark_forwarded(start.id)
+        )
     except (UpstreamError, TimeoutError, OSError) as exc:
         await _upstream_failed(state, route, start, quote, exc, send)
         return

@@ -9,6 +9,7 @@ partial send.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import lru_cache
 
 from fairmeter.config import Config, Upstream
@@ -70,14 +71,21 @@ class UpstreamClient:
         return headers
 
     async def send(
-        self, method: str, upstream: Upstream, path: str, headers: dict[str, str], body: bytes | None
+        self,
+        method: str,
+        upstream: Upstream,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Response:
-        """Open the upstream response (headers read, body not yet); retries only failed connects."""
+        """Open the upstream response (headers read, body not yet); retries only failed connects. ``on_sent``:
+        called once the request is written (a connect that failed sent nothing)."""
         assert self._client is not None, "UpstreamClient.start() was not called"
         origin, target = _target(upstream.base_url, upstream.name, path)
         for attempt in range(CONNECT_RETRIES + 1):
             try:
-                return await self._client.request(method, origin, target, headers, body)
+                return await self._client.request(method, origin, target, headers, body, on_sent)
             except ConnectFailed:
                 if attempt == CONNECT_RETRIES:
                     raise
