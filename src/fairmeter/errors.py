@@ -10,7 +10,8 @@
     ├── AllowanceExhausted             402     allowance_exhausted      (the payer's buckets cannot cover it)
     ├── AdminRequired                  403     admin_required           (fairmeter's admin API)
     ├── IdempotencyKeyInUse            409     idempotency_key_in_use   (the only retryable one)
-    └── NotFound                       404     not_found                (fairmeter's own API)
+    ├── NotFound                       404     not_found                (fairmeter's own API)
+    └── MethodNotAllowed               405     method_not_allowed       (a known path, another method)
 
 Each carries a sentence a person understands, with the numbers, and the request field it is about.
 """
@@ -90,3 +91,15 @@ class NotFound(FairmeterError):
 
 class ConfigError(Exception):
     """The configuration file or a command-line option is wrong; raised before serving."""
+
+
+class MethodNotAllowed(FairmeterError):
+    """A known path asked with a method it does not take; ``allow`` lists those it takes (the ``Allow`` header)."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, path: str, allow: list[str]) -> None:
+        self.allow = sorted(allow)
+        takes = " or ".join(self.allow)
+        super().__init__(f"{path} takes {takes}, not {method}.")

@@ -321,8 +321,8 @@ BAD: list[tuple[str, str, object, int, str | None, str]] = [
     ("GET", "/log?limit=0", None, 400, "limit", "from 1 to 1000"),
     ("GET", "/log?limit=abc", None, 400, "limit", "from 1 to 1000"),
     ("GET", "/log?limit=1001", None, 400, "limit", "from 1 to 1000"),
-    ("GET", "/orgs", None, 404, None, "that path takes POST"),
-    ("DELETE", "/payers/{payer}", None, 404, None, "that path takes GET, PATCH"),
+    ("GET", "/orgs", None, 405, None, "/fairmeter/v1/admin/orgs takes POST, not GET"),
+    ("DELETE", "/payers/{payer}", None, 405, None, "takes GET or PATCH, not DELETE"),
     ("POST", "/grants/gr_x/transfer", {"payer": "pay_other"}, 404, None, "is not a fairmeter admin route"),
     ("GET", "/orgs//teams", None, 404, None, "is not a fairmeter admin route"),
 ]
@@ -342,7 +342,9 @@ def test_bad_input_is_refused_with_a_sentence_and_changes_nothing(
     got, headers, out = admin(method, path, raw=body) if isinstance(body, bytes) else admin(method, path, body)
     assert got == status, out
     err = out["error"]
-    assert err["code"] == ("invalid_request" if status == 400 else "not_found")
+    assert err["code"] == {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}[status]
+    if status == 405:  # the methods the path takes, in the Allow header too
+        assert headers["allow"] == ("POST" if path.endswith("/orgs") else "GET, PATCH")
     assert sentence in err["message"], err["message"]
     assert err["message"].endswith("."), err["message"]
     if param is not None:

@@ -57,6 +57,7 @@ ANTHROPIC_TYPES = {
     401: "authentication_error",
     402: "billing_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "invalid_request_error",
     413: "request_too_large",
 }
@@ -326,6 +327,42 @@ def test_malformed_body_is_refused(
         mentions=mentions, param=param,
     )  # fmt: skip
     assert record["key_id"] == key_id
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "provider", "allow"),
+    [
+        ("GET", "/v1/chat/completions", "openai", "POST"),
+        ("PUT", "/v1/responses", "openai", "POST"),
+        ("GET", "/v1/messages", "anthropic", "POST"),
+        ("DELETE", "/v1/messages/count_tokens", "anthropic", "POST"),
+        ("POST", "/v1/models", "openai", "GET"),
+    ],
+)
+def test_a_route_asked_with_another_method_is_405(
+    gateway: Gw, emulator: EmulatorServer, method: str, path: str, provider: str, allow: str
+) -> None:
+    key_id, secret = gateway.key()
+    tag = new_tag()
+    body = json.dumps(ROUTES["messages" if provider == "anthropic" else "chat"].good).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
+    try:
+        headers = {"authorization": f"Bearer {secret}", "x-emulator-tag": tag, "content-type": "application/json"}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        reply = Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(resp.read()), 0.0)
+    finally:
+        conn.close()
+    assert reply.status == 405
+    err = error_of(provider, reply)
+    assert err["code"] == "method_not_allowed"
+    assert err["message"] == f"{path} takes {allow}, not {method}."
+    assert reply.headers["allow"] == allow
+    assert reply.headers["x-should-retry"] == "false"
+    assert reply.headers["fairmeter-call-id"].startswith("call_")
+    assert emulator.stats()["tags"].get(tag) is None, "a refused request reached the upstream"
+    assert gateway.store.key_spend(key_id) == (0, 0)
+    assert gateway.calls() == [] and gateway.store.transfers() == []
 
 
 def test_background_responses_are_refused(gateway: Gw, emulator: EmulatorServer) -> None:

@@ -351,17 +351,28 @@ def test_a_revoked_key_cannot_read_its_calls(gateway: Gw, sdk: list[Any]) -> Non
         time.sleep(0.05)
 
 
-def test_unknown_api_routes_and_methods_are_404(gateway: Gw) -> None:
+def test_unknown_api_routes_are_404_and_other_methods_405(gateway: Gw) -> None:
     _, secret = gateway.key()
     status, _, body = get(gateway, "/fairmeter/v1/nothing", secret)
     assert status == 404 and body["error"]["code"] == "not_found"
-    conn = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
-    try:
-        conn.request("DELETE", "/fairmeter/v1/calls", headers={"authorization": f"Bearer {secret}"})
-        resp = conn.getresponse()
-        assert resp.status == 404 and json.loads(resp.read())["error"]["code"] == "not_found"
-    finally:
-        conn.close()
+    for method, path, want in [
+        ("DELETE", "/fairmeter/v1/calls", 405),
+        ("POST", "/fairmeter/v1/limits", 405),
+        ("PUT", "/fairmeter/v1/calls/call_x/explain", 405),
+        ("POST", "/fairmeter/v1/nothing", 404),
+    ]:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
+        try:
+            conn.request(method, path, headers={"authorization": f"Bearer {secret}"})
+            resp = conn.getresponse()
+            err = json.loads(resp.read())["error"]
+            assert resp.status == want, (method, path)
+            assert err["code"] == ("method_not_allowed" if want == 405 else "not_found")
+            assert resp.getheader("allow") == ("GET" if want == 405 else None)
+            if want == 405:
+                assert err["message"] == f"{path} takes GET, not {method}."
+        finally:
+            conn.close()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])

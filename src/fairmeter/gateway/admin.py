@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from fairmeter.admin_ops import KeyRequest, create_owned_key, instant, usd_amount
-from fairmeter.errors import AdminRequired, FairmeterError, InvalidRequest, NotFound
+from fairmeter.errors import AdminRequired, FairmeterError, InvalidRequest, MethodNotAllowed, NotFound
 from fairmeter.gateway.asgi import ClientGone, Receive, Scope, Send, read_body, send_whole
 from fairmeter.gateway.errors import render
 from fairmeter.gateway.state import GatewayState
@@ -243,8 +243,7 @@ def find_route(method: str, path: str) -> tuple[Route, tuple[str, ...]]:
         if route.method == method:
             return route, args
     if found:
-        takes = ", ".join(sorted(route.method for route, _ in found))
-        raise NotFound(f"{method} {path} is not an admin route; that path takes {takes}.")
+        raise MethodNotAllowed(method, path, [route.method for route, _ in found])
     raise NotFound(f"{path} is not a fairmeter admin route (docs/funding.md lists them).")
 
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
+from fairmeter.errors import FairmeterError, InvalidRequest, MethodNotAllowed, NotFound
 from fairmeter.gateway.asgi import Scope, Send, send_whole
 from fairmeter.gateway.errors import render
 from fairmeter.gateway.state import GatewayState
@@ -41,6 +41,9 @@ def _cursor(token: str) -> tuple[float, str]:
         raise InvalidRequest("cursor is not a cursor returned by this API.", param="cursor") from None
 
 
+_PATHS = ("/fairmeter/v1/calls", "/fairmeter/v1/limits")  # and /fairmeter/v1/calls/ID[/explain]
+
+
 async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
     call_id = state.new_call_id()
     try:
@@ -48,7 +51,9 @@ async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
         await state.settled()  # a call whose response was sent is read settled
         path: str = scope["path"]
         if scope["method"] != "GET":
-            raise NotFound(f"{scope['method']} {path} is not a fairmeter API route.")
+            if path in _PATHS or path.startswith("/fairmeter/v1/calls/"):
+                raise MethodNotAllowed(scope["method"], path, ["GET"])
+            raise NotFound(f"{path} is not a fairmeter API route.")
         if path == "/fairmeter/v1/calls":
             body = await _list(state, key.id if not key.admin else None, scope)
         elif path.startswith("/fairmeter/v1/calls/"):

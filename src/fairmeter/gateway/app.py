@@ -7,7 +7,7 @@ import logging
 
 import orjson
 
-from fairmeter.errors import FairmeterError, InvalidRequest, NotFound
+from fairmeter.errors import FairmeterError, InvalidRequest, MethodNotAllowed, NotFound
 from fairmeter.gateway.admin import PREFIX as ADMIN_PREFIX
 from fairmeter.gateway.admin import handle_admin
 from fairmeter.gateway.api import handle_api
@@ -32,6 +32,9 @@ ROUTES: dict[str, Route] = {
         "anthropic", "messages", parse_messages, anthropic_messages.read_body, anthropic_messages.StreamReader
     ),
 }
+
+# The provider routes and the one method each takes (another method answers 405 with an Allow header).
+_METHODS = {**dict.fromkeys(ROUTES, "POST"), "/v1/messages/count_tokens": "POST", "/v1/models": "GET"}
 
 
 class Gateway:
@@ -65,9 +68,13 @@ class Gateway:
             await send_whole(send, 200, [(b"content-type", b"application/json")], b'{"ok":true}')
         else:
             provider = "anthropic" if path.startswith("/v1/messages") else "openai"
-            status, headers, body = render(
-                provider, self.state.new_call_id(), NotFound(f"{scope['method']} {path} is not a fairmeter route.")
+            allow = _METHODS.get(path)
+            exc: FairmeterError = (
+                MethodNotAllowed(scope["method"], path, [allow])
+                if allow is not None
+                else NotFound(f"{scope['method']} {path} is not a fairmeter route.")
             )
+            status, headers, body = render(provider, self.state.new_call_id(), exc)
             await send_whole(send, status, headers, body)
 
     async def _free(self, scope: Scope, receive: Receive, send: Send, provider: str, api: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from fairmeter.errors import FairmeterError
+from fairmeter.errors import FairmeterError, MethodNotAllowed
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -55,4 +55,7 @@ def error_headers(call_id: str, retryable: bool, body_len: int) -> Headers:
 def render(provider: str, call_id: str, exc: FairmeterError) -> tuple[int, Headers, bytes]:
     """Status, headers and body for a refusal."""
     body = error_body(provider, exc.status, exc.code, exc.message, exc.param, exc.details)
-    return exc.status, error_headers(call_id, exc.retryable, len(body)), body
+    headers = error_headers(call_id, exc.retryable, len(body))
+    if isinstance(exc, MethodNotAllowed):
+        headers.append((b"allow", ", ".join(exc.allow).encode()))
+    return exc.status, headers, body
