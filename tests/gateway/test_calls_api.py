@@ -317,6 +317,27 @@ def test_since_and_until_filters(gateway: Gw, sdk: list[Any]) -> None:
     assert walk(gateway, secret, since=repr(time.time() + 60)) == [[]]
 
 
+def test_a_time_without_a_zone_is_utc_whatever_the_servers_zone(
+    gateway: Gw, sdk: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calls API reads times as the admin API and the commands do: a naive ISO-8601 time is UTC."""
+    _, secret = gateway.key()
+    before = {chat_call(gateway, secret, sdk)}
+    time.sleep(0.05)
+    cut = time.time()
+    time.sleep(0.05)
+    after = {chat_call(gateway, secret, sdk)}
+    naive = datetime.fromtimestamp(cut, tz=UTC).replace(tzinfo=None).isoformat()
+    monkeypatch.setenv("TZ", "America/New_York")  # the gateway runs in this process: its local zone moves too
+    time.tzset()
+    try:
+        assert {c["id"] for p in walk(gateway, secret, since=naive) for c in p} == after
+        assert {c["id"] for p in walk(gateway, secret, until=naive) for c in p} == before
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 # ---------------------------------------------------------------------------------------------- who sees what
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import math
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
+from fairmeter.admin_ops import instant
 from fairmeter.errors import FairmeterError, InvalidRequest, MethodNotAllowed, NotFound
 from fairmeter.gateway.asgi import Scope, Send, send_whole
 from fairmeter.gateway.errors import render
@@ -18,19 +17,6 @@ from fairmeter.money import usd_str
 from fairmeter.store.admin_sql import limits
 from fairmeter.store.protocol import CallPage
 from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, KeyRecord, call_json, explain_json
-
-
-def _time_param(value: str, name: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            seconds = math.nan
-    if not math.isfinite(seconds):
-        raise InvalidRequest(f"{name} must be an ISO-8601 time or epoch seconds, got {value!r}.", param=name)
-    return seconds
 
 
 def _cursor(token: str) -> tuple[float, str]:
@@ -107,8 +93,9 @@ async def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
     status = q.get("status")
     if status is not None and status not in CALL_STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(CALL_STATUSES)}.", param="status")
-    since = _time_param(q["since"], "since") if "since" in q else None
-    until = _time_param(q["until"], "until") if "until" in q else None
+    # One reading of a time for every API and command: ISO-8601 (UTC when it names no zone) or epoch seconds.
+    since = instant(q["since"], "since") if "since" in q else None
+    until = instant(q["until"], "until") if "until" in q else None
     cursor = _cursor(q["cursor"]) if "cursor" in q else None
     rows = await state.store.list_calls(CallPage(key_id, limit + 1, since, until, status, cursor))
     more = len(rows) > limit
