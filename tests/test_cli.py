@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -250,6 +252,56 @@ def test_calls_list(gateway: Gw, db_url: str, tmp_path: Path, clients: list[open
     assert all(call_id in table.stdout for call_id in [*good, bad])
     assert bad in lines[1] and "bad_request" in lines[1] and "max_tokens must be at least 1" in lines[1]
     assert good[1] in lines[2] and "gpt-4o-mini" in lines[2] and " ok " in lines[2]
+
+
+def test_calls_list_takes_the_apis_filters_and_cursors(
+    gateway: Gw, db_url: str, tmp_path: Path, clients: list[openai.OpenAI]
+) -> None:
+    """`fairmeter calls list` shows the list of GET /fairmeter/v1/calls: --key, --since, --until, --cursor."""
+    a = ok_json(run("keys", "create", "--name", "a", "--json", "--database-url", db_url, cwd=tmp_path))
+    b = ok_json(run("keys", "create", "--name", "b", "--json", "--database-url", db_url, cwd=tmp_path))
+    early = [chat(gateway, a["key"], clients), chat(gateway, b["key"], clients)]
+    time.sleep(0.05)
+    cut = datetime.fromtimestamp(time.time(), tz=UTC).replace(tzinfo=None).isoformat()  # no zone: UTC
+    time.sleep(0.05)
+    late = [chat(gateway, a["key"], clients) for _ in range(3)]
+
+    def listed(*argv: str) -> dict[str, Any]:
+        out = ok_json(run("calls", "list", "--json", *argv, "--database-url", db_url, cwd=tmp_path))
+        assert set(out) == {"data", "next"}
+        return out  # type: ignore[no-any-return]
+
+    assert [c["id"] for c in listed("--key", b["id"])["data"]] == [early[1]]
+    assert [c["id"] for c in listed("--since", cut)["data"]] == late[::-1]
+    assert [c["id"] for c in listed("--until", cut)["data"]] == early[::-1]
+    assert [c["id"] for c in listed("--key", a["id"], "--until", cut)["data"]] == [early[0]]
+    # pages of 2, following the cursor, give every call once, newest first, and end with "next": null
+    pages, cursor = [], None
+    while True:
+        page = listed("--limit", "2", *(["--cursor", cursor] if cursor else []))
+        pages.append([c["id"] for c in page["data"]])
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert pages == [late[:0:-1], [late[0], early[1]], [early[0]]]
+    # the API hands out the same cursors
+    _, admin = gateway.key(admin=True)
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
+    try:
+        conn.request("GET", "/fairmeter/v1/calls?limit=2", headers={"authorization": f"Bearer {admin}"})
+        api_page = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert api_page["next"] == listed("--limit", "2")["next"]
+    table = run("calls", "list", "--limit", "2", "--database-url", db_url, cwd=tmp_path)
+    assert table.returncode == 0 and table.stdout.splitlines()[-1].startswith("more: add --cursor ")
+    for argv, said in (
+        (["--since", "yesterday"], "--since must be an ISO-8601 time"),
+        (["--until", "nan"], "--until must be an ISO-8601 time"),
+        (["--cursor", "not-a-cursor"], "--cursor: 'not-a-cursor' is not a cursor"),
+    ):
+        proc = run("calls", "list", *argv, "--database-url", db_url, cwd=tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------- verify

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from fairmeter import cli_admin
-from fairmeter.admin_ops import KeyRequest, create_owned_key
+from fairmeter.admin_ops import KeyRequest, create_owned_key, instant
 from fairmeter.cli_common import cli_actor, config_of, db_args, list_limit, store_of
 from fairmeter.clock import SystemClock
 from fairmeter.config import Config, max_spend_from_cli
-from fairmeter.errors import ConfigError, FairmeterError
+from fairmeter.errors import ConfigError, FairmeterError, InvalidRequest
 from fairmeter.money import usd_str
 from fairmeter.store import Store, run_with
 from fairmeter.store.protocol import CallPage
-from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso
+from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso, next_cursor, read_cursor
 from fairmeter.tables import print_calls
 
 
@@ -119,12 +119,22 @@ async def _revoke_key(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
-    page = CallPage(limit=args.limit, status=args.status)
-    rows = [call_json(r) for r in run_with(store_of(config_of(args)), lambda s: s.list_calls(page))]
+    """The list of ``GET /fairmeter/v1/calls``, with the same filters and cursors (``--key``: as that key sees it)."""
+    since = instant(args.since, "--since") if args.since is not None else None
+    until = instant(args.until, "--until") if args.until is not None else None
+    try:
+        cursor = read_cursor(args.cursor) if args.cursor is not None else None
+    except ValueError as exc:
+        raise InvalidRequest(f"--cursor: {exc}; pass the next cursor a listing printed.") from None
+    page = CallPage(args.key, args.limit + 1, since, until, args.status, cursor)
+    found, nxt = next_cursor(run_with(store_of(config_of(args)), lambda s: s.list_calls(page)), args.limit)
+    rows = [call_json(r) for r in found]
     if args.json:
-        print(json.dumps({"data": rows}))
+        print(json.dumps({"data": rows, "next": nxt}))
         return 0
     print_calls(rows)
+    if nxt is not None:
+        print(f"more: add --cursor {nxt}")
     return 0
 
 
@@ -191,6 +201,10 @@ def parser() -> argparse.ArgumentParser:
     db_args(cl)
     cl.add_argument("--limit", type=list_limit, default=50, help=f"1 to {MAX_LIST_LIMIT} (default 50)")
     cl.add_argument("--status", choices=CALL_STATUSES)
+    cl.add_argument("--key", metavar="KEY_ID", help="only this key's calls (what the key itself sees in the API)")
+    cl.add_argument("--since", help="started at or after: ISO-8601 (UTC when no zone is given) or epoch seconds")
+    cl.add_argument("--until", help="started before: ISO-8601 (UTC when no zone is given) or epoch seconds")
+    cl.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     cl.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_calls)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -16,13 +15,20 @@ from fairmeter.gateway.state import GatewayState
 from fairmeter.money import usd_str
 from fairmeter.store.admin_sql import limits
 from fairmeter.store.protocol import CallPage
-from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, KeyRecord, call_json, explain_json
+from fairmeter.store.records import (
+    CALL_STATUSES,
+    MAX_LIST_LIMIT,
+    KeyRecord,
+    call_json,
+    explain_json,
+    next_cursor,
+    read_cursor,
+)
 
 
 def _cursor(token: str) -> tuple[float, str]:
     try:
-        ts, call_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-        return float(ts), call_id
+        return read_cursor(token)
     except ValueError:
         raise InvalidRequest("cursor is not a cursor returned by this API.", param="cursor") from None
 
@@ -97,11 +103,7 @@ async def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
     since = instant(q["since"], "since") if "since" in q else None
     until = instant(q["until"], "until") if "until" in q else None
     cursor = _cursor(q["cursor"]) if "cursor" in q else None
-    rows = await state.store.list_calls(CallPage(key_id, limit + 1, since, until, status, cursor))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = None
-    if more:
-        last = rows[-1]
-        nxt = base64.urlsafe_b64encode(f"{last['started_at']!r}|{last['id']}".encode()).decode()
+    rows, nxt = next_cursor(
+        await state.store.list_calls(CallPage(key_id, limit + 1, since, until, status, cursor)), limit
+    )
     return orjson.dumps({"data": [call_json(r) for r in rows], "next": nxt})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import secrets
@@ -138,6 +139,24 @@ USAGE_FIELDS = (
     "reasoning_tokens",
     "web_search_requests",
 )
+
+
+def next_cursor(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of ``list_calls`` asked with ``limit + 1`` rows: its first ``limit`` rows, and the cursor of the page
+    after (None: this is the last); the API and ``fairmeter calls list`` hand out the same cursors."""
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], base64.urlsafe_b64encode(f"{last['started_at']!r}|{last['id']}".encode()).decode()
+
+
+def read_cursor(token: str) -> tuple[float, str]:  # float-ok: seconds
+    """The (started_at, id) a cursor of `next_cursor` stands for; ValueError if it is not one."""
+    try:
+        ts, call_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return float(ts), call_id
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise ValueError(f"{token!r} is not a cursor of a call listing") from None
 
 
 def iso(ts: float | None) -> str | None:  # float-ok: seconds
