@@ -4,18 +4,22 @@
 
 Each SRC is a ``src`` folder (``git worktree add /tmp/base HEAD`` gives the committed build at
 ``/tmp/base/src``); the gateway runs with ``PYTHONPATH=SRC``, a fresh SQLite file and key per run, against one
-emulator. Runs alternate A, B, A, B …, so a VM that slows down moves both; each prints p50, p90, p99 (µs, wrk's
-histogram), the gateway's CPU per request (ms) and requests/s, and the medians close the run. ``--pin`` puts
-the gateway on CPU 1 and wrk and the emulator on CPU 0. One process of the same build can land 50 % apart
-from the next at c=1 here (docs/performance.md, stop 12): compare medians of several pairs, never one run.
+emulator. Each pair first measures the direct call to the emulator, then runs A, B …, so a VM that slows down
+moves them all; each run prints p50, p90, p99 (µs, wrk's histogram), what it adds to the direct call's p50 and
+its share of the direct call's requests/s (both against its own pair's direct run), and the gateway's CPU per
+request (ms); the medians close the run. ``--pin`` puts the gateway on CPU 1 and wrk and the emulator on
+CPU 0. One run of a build can land 50 % away from the next at c=1 here, as the VM's host moves through its
+phases (docs/performance.md, stop 12): compare the medians of several pairs, never one run.
 Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +43,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3, help="measured seconds per run, after 2 s of warm-up")
     ap.add_argument("--pin", action="store_true", help="gateway on CPU 1, wrk and the emulator on CPU 0")
     a = ap.parse_args()
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # one line per run, as it ends
     if a.pin:
         os.sched_setaffinity(0, {0})  # wrk and the emulator inherit it
     tmp = Path(tempfile.mkdtemp(prefix="fairmeter-ab-"))
@@ -47,9 +53,13 @@ def main() -> int:
     emu_port = free_port()
     emulator = Server("emulator", [*fairmeter_cmd(), "emulator", "--port", str(emu_port)], emu_port, tmp / "emu.log")
     emulator.wait_listening()
-    runs: dict[str, list[tuple[int, int, int, float, float]]] = {src: [] for src in a.srcs}
+    runs: dict[str, list[tuple[float, ...]]] = {src: [] for src in a.srcs}
+    direct_url = f"http://127.0.0.1:{emu_port}{ov.PATH}"
     try:
         for i in range(a.pairs):
+            run_wrk(direct_url, a.c, 2, body, ov.UPSTREAM_KEY, None)
+            d = run_wrk(direct_url, a.c, a.seconds, body, ov.UPSTREAM_KEY, None)
+            print(f"{'direct':<32} p50 {d.p50_us:6d}  p90 {d.p90_us:6d}  p99 {d.p99_us:6d}  {d.rps:.0f} rps")
             for n, src in enumerate(a.srcs):
                 run = tmp / f"{i}-{n}"
                 run.mkdir()
@@ -70,15 +80,17 @@ def main() -> int:
                     cpu = (gateway.cpu_ms() - before) / max(r.requests, 1)
                 finally:
                     gateway.stop()
-                runs[src].append((r.p50_us, r.p90_us, r.p99_us, cpu, r.rps))
-                print(f"{src:<32} p50 {r.p50_us:6d}  p90 {r.p90_us:6d}  p99 {r.p99_us:6d}  cpu {cpu:.3f}"
-                      f"  {r.rps:7.0f} rps", flush=True)  # fmt: skip
+                added, share = r.p50_us - d.p50_us, 100 * r.rps / d.rps
+                runs[src].append((r.p50_us, r.p90_us, r.p99_us, added, share, cpu))
+                print(f"{src:<32} p50 {r.p50_us:6d}  p90 {r.p90_us:6d}  p99 {r.p99_us:6d}  +p50 {added:6d}"
+                      f"  {share:5.1f} % of direct  cpu {cpu:.3f}")  # fmt: skip
     finally:
         emulator.stop()
     print("medians:")
     for src, rows in runs.items():
-        p50, p90, p99, cpu, rps = (statistics.median(col) for col in zip(*rows, strict=True))
-        print(f"{src:<32} p50 {p50:6.0f}  p90 {p90:6.0f}  p99 {p99:6.0f}  cpu {cpu:.3f}  {rps:7.0f} rps")
+        p50, p90, p99, added, share, cpu = (statistics.median(col) for col in zip(*rows, strict=True))
+        print(f"{src:<32} p50 {p50:6.0f}  p90 {p90:6.0f}  p99 {p99:6.0f}  +p50 {added:6.0f}"
+              f"  {share:5.1f} % of direct  cpu {cpu:.3f}")  # fmt: skip
     return 0
 
 
