@@ -294,7 +294,9 @@ def test_calls_list_takes_the_apis_filters_and_cursors(
         conn.close()
     assert api_page["next"] == listed("--limit", "2")["next"]
     table = run("calls", "list", "--limit", "2", "--database-url", db_url, cwd=tmp_path)
-    assert table.returncode == 0 and table.stdout.splitlines()[-1].startswith("more: add --cursor ")
+    assert table.returncode == 0 and table.stdout.splitlines()[-1].startswith(
+        "more: the next page is this command with --cursor "
+    )
     for argv, said in (
         (["--since", "yesterday"], "--since must be an ISO-8601 time"),
         (["--until", "nan"], "--until must be an ISO-8601 time"),

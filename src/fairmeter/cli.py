@@ -134,7 +134,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
         return 0
     print_calls(rows)
     if nxt is not None:
-        print(f"more: add --cursor {nxt}")
+        print(f"more: the next page is this command with --cursor {nxt}")
     return 0
 
 
