@@ -1,9 +1,10 @@
-"""Two or more builds of the gateway, one worker each, at one concurrency, alternating: an A/B on a noisy VM.
+"""Two or more builds of the gateway at one concurrency, alternating: an A/B on a noisy VM.
 
     .venv/bin/python bench/ab.py SRC_A SRC_B [--pairs 6] [--c 1] [--seconds 3] [--pin]
 
 Each SRC is a ``src`` folder (``git worktree add /tmp/base HEAD`` gives the committed build at
-``/tmp/base/src``); the gateway runs with ``PYTHONPATH=SRC``, a fresh SQLite file and key per run, against one
+``/tmp/base/src``), optionally with ``@N`` for N worker processes (default one: ``src@1 src@2`` compares one
+worker with two); the gateway runs with ``PYTHONPATH=SRC``, a fresh SQLite file and key per run, against one
 emulator. Each pair first measures the direct call to the emulator, then runs A, B …, so a VM that slows down
 moves them all; each run prints p50, p90, p99 (µs, wrk's histogram), what it adds to the direct call's p50 and
 its share of the direct call's requests/s (both against its own pair's direct run), and the gateway's CPU per
@@ -65,10 +66,11 @@ def main() -> int:
                 run.mkdir()
                 config = run / "fairmeter.toml"
                 ov.write_config(config, run / "fm.db", emu_port)
-                os.environ["PYTHONPATH"] = src
+                folder, _, workers = src.partition("@")
+                os.environ["PYTHONPATH"] = folder
                 key = ov.create_key(config)
                 port = free_port()
-                gateway, _ = ov.start_gateway(config, port, run / "gateway.log", key, 1)
+                gateway, _ = ov.start_gateway(config, port, run / "gateway.log", key, int(workers or 1))
                 try:
                     if a.pin:
                         pin(gateway, 1)
