@@ -33,7 +33,7 @@ def _cursor(token: str) -> tuple[float, str]:
         raise InvalidRequest("cursor is not a cursor returned by this API.", param="cursor") from None
 
 
-_PATHS = ("/fairmeter/v1/calls", "/fairmeter/v1/limits")  # and /fairmeter/v1/calls/ID[/explain]
+_ONE_CALL = "/fairmeter/v1/calls/"  # + ID, or ID/explain
 
 
 async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
@@ -42,23 +42,21 @@ async def handle_api(state: GatewayState, scope: Scope, send: Send) -> None:
         key = await state.authenticate(scope["headers"])
         await state.settled()  # a call whose response was sent is read settled
         path: str = scope["path"]
-        if scope["method"] != "GET":
-            if path in _PATHS or path.startswith("/fairmeter/v1/calls/"):
-                raise MethodNotAllowed(scope["method"], path, ["GET"])
+        if path not in ("/fairmeter/v1/calls", "/fairmeter/v1/limits") and not path.startswith(_ONE_CALL):
             raise NotFound(f"{path} is not a fairmeter API route.")
+        if scope["method"] != "GET":
+            raise MethodNotAllowed(scope["method"], path, ["GET"])
         if path == "/fairmeter/v1/calls":
             body = await _list(state, key.id if not key.admin else None, scope)
-        elif path.startswith("/fairmeter/v1/calls/"):
-            rest = path[len("/fairmeter/v1/calls/") :]
+        elif path == "/fairmeter/v1/limits":
+            body = orjson.dumps(await _limits(state, key))
+        else:
+            rest = path[len(_ONE_CALL) :]
             explain = rest.endswith("/explain")
             row = await state.store.get_call(rest.removesuffix("/explain"))
             if row is None or (not key.admin and row["key_id"] != key.id):
                 raise NotFound("No call with that id is visible to this key.")
             body = orjson.dumps(explain_json(row) if explain else call_json(row))
-        elif path == "/fairmeter/v1/limits":
-            body = orjson.dumps(await _limits(state, key))
-        else:
-            raise NotFound(f"{path} is not a fairmeter API route.")
     except FairmeterError as exc:
         status, headers, err = render("openai", call_id, exc)
         await send_whole(send, status, headers, err)

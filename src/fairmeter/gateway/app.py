@@ -33,8 +33,11 @@ ROUTES: dict[str, Route] = {
     ),
 }
 
-# The provider routes and the one method each takes (another method answers 405 with an Allow header).
-_METHODS = {**dict.fromkeys(ROUTES, "POST"), "/v1/messages/count_tokens": "POST", "/v1/models": "GET"}
+# The routes forwarded free of charge: path → (method, provider, api).
+_FREE = {"/v1/messages/count_tokens": ("POST", "anthropic", "count_tokens"), "/v1/models": ("GET", "openai", "models")}
+
+# Every provider route and the one method it takes (another method answers 405 with an Allow header).
+_METHODS = {**dict.fromkeys(ROUTES, "POST"), **{path: free[0] for path, free in _FREE.items()}}
 
 
 class Gateway:
@@ -56,10 +59,8 @@ class Gateway:
         route = ROUTES.get(path)
         if route is not None and scope["method"] == "POST":
             await metered_call(self.state, route, scope, receive, send)
-        elif path == "/v1/messages/count_tokens" and scope["method"] == "POST":
-            await self._free(scope, receive, send, "anthropic", "count_tokens")
-        elif path == "/v1/models" and scope["method"] == "GET":
-            await self._free(scope, receive, send, "openai", "models")
+        elif (free := _FREE.get(path)) is not None and scope["method"] == free[0]:
+            await self._free(scope, receive, send, free[1], free[2])
         elif path.startswith(ADMIN_PREFIX):
             await handle_admin(self.state, scope, receive, send)
         elif path.startswith("/fairmeter/v1/"):
