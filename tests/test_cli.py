@@ -252,6 +252,7 @@ def test_calls_list(gateway: Gw, db_url: str, tmp_path: Path, clients: list[open
     assert all(call_id in table.stdout for call_id in [*good, bad])
     assert bad in lines[1] and "bad_request" in lines[1] and "max_tokens must be at least 1" in lines[1]
     assert good[1] in lines[2] and "gpt-4o-mini" in lines[2] and " ok " in lines[2]
+    assert all(line.index("gpt-4o-mini") == lines[0].index("model") for line in lines[2:])  # columns line up
 
 
 def test_calls_list_takes_the_apis_filters_and_cursors(

@@ -22,3 +22,9 @@ def test_the_demo_shows_who_paid_and_balances(tmp_path: Path) -> None:
     first_credits = next(i for i, p in enumerate(payers) if "credits $" in p)
     assert first_grant <= first_credits  # the grant burns before the purchased credits
     assert "books balanced after both parts: True, caps ok: True" in text
+    # both tables line up: each row's second column starts where its header's does
+    for table, second in ((text.split("Part 2:", 1)[0], "model"), (part2, "when")):
+        lines = table.splitlines()
+        head = next(line for line in lines if line.startswith("call "))
+        rows = [line for line in lines if line.startswith("call_")]
+        assert rows and all(row[head.index(second) - 1] == " " != row[head.index(second)] for row in rows), table

@@ -13,6 +13,7 @@ from typing import Any
 from fairmeter.config import Config
 from fairmeter.money import parse_usd, to_nano
 from fairmeter.store import Store, admin_sql, open_store, run_with
+from fairmeter.tables import id_width
 from fairmeter.testing import FrozenClock
 
 PLAN = {
@@ -117,10 +118,11 @@ def _explain(origin: str, secret: str, call_id: str, label: str) -> dict[str, An
 
 
 def print_paid_by(rows: list[dict[str, Any]]) -> None:
-    print(f"{'call':<30} {'when':<11} {'status':<8} {'billed USD':>11}  paid by")
+    w = id_width(r["call"] for r in rows)
+    print(f"{'call':<{w}} {'when':<11} {'status':<8} {'billed USD':>11}  paid by")
     for r in rows:
         paid = r["paid_by"] or "nothing: " + r["sentence"].partition("does not fit: ")[2].split(";")[0]
-        print(f"{r['call']:<30} {r['when']:<11} {r['status']:<8} {r['billed']:>11}  {paid}")
+        print(f"{r['call']:<{w}} {r['when']:<11} {r['status']:<8} {r['billed']:>11}  {paid}")
 
 
 def step(text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,9 +12,10 @@ from fairmeter.money import NANO_PER_USD, usd_text
 
 
 def print_calls(rows: list[dict[str, object]]) -> None:
-    """A table of call records, newest first."""
+    """A table of call records, newest first (the first column as wide as the longest call id)."""
+    w = id_width(r["id"] for r in rows)
     print(
-        f"{'call':<30} {'model':<18} {'stream':<6} {'status':<14} {'usage':<8} {'input':>6} {'c.read':>6} "
+        f"{'call':<{w}} {'model':<18} {'stream':<6} {'status':<14} {'usage':<8} {'input':>6} {'c.read':>6} "
         f"{'c.write':>7} {'output':>6} {'reason.':>7} {'billed USD':>12}  note"
     )
     for r in rows:
@@ -21,11 +23,16 @@ def print_calls(rows: list[dict[str, object]]) -> None:
         if not note and r.get("estimated"):
             note = "estimated: the stream ended before the provider's final usage"
         print(
-            f"{r['id']!s:<30} {str(r['model'] or '-')[:18]:<18} {'yes' if r['stream'] else 'no':<6} "
+            f"{r['id']!s:<{w}} {str(r['model'] or '-')[:18]:<18} {'yes' if r['stream'] else 'no':<6} "
             f"{r['status']!s:<14} {r['usage_status'] or '-'!s:<8} {_n(r['input_tokens']):>6} "
             f"{_n(r['cache_read_tokens']):>6} {_n(r['cache_write_tokens']):>7} {_n(r['output_tokens']):>6} "
             f"{_n(r['reasoning_tokens']):>7} {r['billed_usd']!s:>12}  {note}"
         )
+
+
+def id_width(ids: Iterable[object]) -> int:
+    """The width of a column of call ids: the longest id, or the header "call"."""
+    return max([len("call"), *(len(str(i)) for i in ids)])
 
 
 def _n(v: object) -> str:
