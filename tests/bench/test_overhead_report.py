@@ -11,7 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from overhead import Point, print_report  # noqa: E402
+from overhead import Point, beyond_bare_report, print_report  # noqa: E402
 from procs import WrkResult  # noqa: E402
 
 
@@ -45,3 +45,30 @@ def test_one_round_prints_no_ranges(capsys: pytest.CaptureFixture[str]) -> None:
     assert gateway["added_p50_ms"] == 0.3
     assert gateway["rounds"] is None
     assert "range" not in capsys.readouterr().out
+
+
+def row(target: str, c: int, rps: float, added_ms: float, cpu: float) -> dict[str, object]:
+    return {"target": target, "connections": c, "stream": False, "rps": rps, "added_p50_ms": added_ms,
+            "cpu_ms_per_request": cpu}  # fmt: skip
+
+
+def test_the_reading_against_the_bare_proxy(capsys: pytest.CaptureFixture[str]) -> None:
+    """fairmeter's cost beyond this run's bare proxy, against 0.5 − 0.17 ms, 15 of 33 % and 0.3 − 0.1 ms."""
+    rows = [row("gateway", 1, 1500, 0.55, 0.64), row("bare", 1, 2700, 0.25, 0.26),
+            row("gateway", 64, 5000, 10.0, 0.36), row("bare", 64, 7000, 6.7, 0.14)]  # fmt: skip
+    out = {r["reading"]: r for r in beyond_bare_report(rows)}
+    assert out["added p50 beyond the bare proxy, c=1"]["value"] == 0.3
+    assert out["added p50 beyond the bare proxy, c=1"]["within"] is True  # 0.30 <= 0.33
+    assert out["throughput as a share of the bare proxy's, c=64"]["value"] == pytest.approx(71.4286)
+    assert out["throughput as a share of the bare proxy's, c=64"]["within"] is True  # >= 45 %
+    assert out["CPU per request beyond the bare proxy, c=1"]["within"] is False  # 0.38 > 0.2
+    assert out["CPU per request beyond the bare proxy, c=64"]["within"] is False  # 0.22 > 0.2
+    assert "the targets above decide" in capsys.readouterr().out
+    rows[2] = row("gateway", 64, 3000, 10.0, 0.30)  # 43 % of the bare proxy's throughput, 0.16 ms beyond its CPU
+    out = {r["reading"]: r for r in beyond_bare_report(rows)}
+    assert out["throughput as a share of the bare proxy's, c=64"]["within"] is False
+    assert out["CPU per request beyond the bare proxy, c=64"]["within"] is True
+
+
+def test_no_reading_without_the_bare_proxy() -> None:
+    assert beyond_bare_report([row("gateway", 1, 1500, 0.55, 0.64), row("gateway", 64, 5000, 10.0, 0.36)]) == []
