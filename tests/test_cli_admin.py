@@ -48,9 +48,12 @@ def fm_text(*args: str, url: str, cwd: Path) -> str:
 
 def test_migrate_applies_what_is_missing_then_reports_up_to_date(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/new.db"
-    assert fm_text("migrate", url=url, cwd=tmp_path).strip() == "applied m001_core, m002_funding"
-    assert fm_text("migrate", url=url, cwd=tmp_path).strip() == "up to date (2 migrations)"
-    assert fm_json("migrate", url=url, cwd=tmp_path) == {"applied": [], "migrations": ["m001_core", "m002_funding"]}
+    assert fm_text("migrate", url=url, cwd=tmp_path).strip() == "applied m001_core, m002_funding, m003_append_only"
+    assert fm_text("migrate", url=url, cwd=tmp_path).strip() == "up to date (3 migrations)"
+    assert fm_json("migrate", url=url, cwd=tmp_path) == {
+        "applied": [],
+        "migrations": ["m001_core", "m002_funding", "m003_append_only"],
+    }
 
 
 def test_every_admin_command_end_to_end(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairmeter.ledger.model import check_hold, settlement_for
+from fairmeter.ledger.model import Transfer, TransferKind, TransferState, check_hold, settlement_for, with_outcomes
 from fairmeter.ledger.verify import verify_books
 from fairmeter.store import open_store
 from fairmeter.store.records import DEFAULT_PAYER, CallEnd, CallStart
@@ -29,6 +29,50 @@ def test_settlement_splits_exactly(held: int, actual: int) -> None:
     assert s.posted + s.overrun == actual
     assert s.posted <= held and min(s.posted, s.released, s.overrun) >= 0
     assert (s.overrun > 0) == (actual > held)
+
+
+RESOLVE = {TransferKind.POST: TransferState.POSTED, TransferKind.VOID: TransferState.VOIDED,
+           TransferKind.EXPIRE: TransferState.EXPIRED}  # fmt: skip
+
+
+@given(
+    calls=st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from([None, *RESOLVE]), st.booleans(), st.booleans()), max_size=12
+    )
+)
+def test_each_hold_takes_the_outcome_of_the_transfer_that_references_it(
+    calls: list[tuple[int, TransferKind | None, bool, bool]],
+) -> None:
+    """A call's holds (one per leg or bucket), each resolved by its own post / void / expire or not yet; an overrun
+    or a funding post without a reference beside them resolves nothing; a hold stored resolved (before m003) keeps
+    its stored state."""
+    rows: list[Transfer] = []
+    want: dict[int, TransferState] = {}
+
+    def add(kind: TransferKind, call: str, pending_id: int | None, state: TransferState) -> int:
+        rows.append(Transfer(len(rows) + 1, call, kind, "a", "b", 5, pending_id, state))
+        return len(rows)
+
+    for n, (holds, outcome, overrun, legacy) in enumerate(calls):
+        call = f"c{n}"
+        ids = [add(TransferKind.HOLD, call, None, TransferState.PENDING) for _ in range(holds)]
+        if overrun:
+            add(TransferKind.OVERRUN, call, ids[0], TransferState.POSTED)
+            add(TransferKind.POST, call, None, TransferState.POSTED)  # placed at settlement: references nothing
+        for hold in ids:
+            if legacy and outcome is not None:  # resolved by an update of its state, as before migration m003
+                rows[hold - 1] = Transfer(hold, call, TransferKind.HOLD, "a", "b", 5, None, RESOLVE[outcome])
+                want[hold] = RESOLVE[outcome]
+            elif outcome is not None:
+                add(outcome, call, hold, TransferState.POSTED)
+                want[hold] = RESOLVE[outcome]
+            else:
+                want[hold] = TransferState.PENDING
+    out = with_outcomes(rows)
+    assert [t.id for t in out] == [t.id for t in rows]
+    assert {t.id: t.state for t in out if t.kind is TransferKind.HOLD} == want
+    assert [t for t in out if t.kind is not TransferKind.HOLD] == [t for t in rows if t.kind is not TransferKind.HOLD]
+    assert with_outcomes(out) == out
 
 
 @given(cap=st.none() | amounts, spent=amounts, held=amounts, amount=amounts)

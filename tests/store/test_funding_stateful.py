@@ -67,6 +67,8 @@ class FundingMachine(RuleBasedStateMachine):
         self.run(lambda tx: admin_sql.put_plan(tx, dict(PLAN), "m", self.now))
         self.payer = self.run(lambda tx: admin_sql.create_payer(tx, "o", None, "sub", {}, "m", self.now))["id"]
         self.key = "key:k"
+        self.seen: list[dict[str, Any]] = []  # the transfer rows as last read
+        self.resolved: set[str] = set()  # calls settled, voided or lapsed
 
     def teardown(self) -> None:
         self.wait(self.store.close())
@@ -129,6 +131,7 @@ class FundingMachine(RuleBasedStateMachine):
         s = self.run(
             lambda tx: funding_sql.settle_funding(tx, cid, self.payer, self.key, text, Size(cost), self.now, void=void)
         )
+        self.resolved.add(cid)
         posted: dict[str, int] = {}
         for t in self.wait(self.store.transfers()):
             if t.call_id == cid and t.kind in ("post", "overrun"):
@@ -194,6 +197,25 @@ class FundingMachine(RuleBasedStateMachine):
         self.run(lambda tx: admin_sql.refund_call(tx, call, amount, "support", "m", self.now))
 
     # ---- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def transfers_are_only_added_and_each_hold_is_resolved_once(self) -> None:
+        """Append-only: every row read before is still there, unchanged; a settled call's funding holds are each
+        referenced by exactly one post (what the bucket paid) or void (it paid nothing), no other hold by any."""
+        rows = self.rows("SELECT * FROM transfers ORDER BY id")
+        assert rows[: len(self.seen)] == self.seen
+        self.seen = rows
+        refs: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["pending_id"] is not None:
+                refs.setdefault(r["pending_id"], []).append(r)
+        for h in (r for r in rows if r["kind"] == "hold"):
+            mine = refs.pop(h["id"], [])
+            assert h["state"] == "pending" and len(mine) == (h["call_id"] in self.resolved), (h, mine)
+            for r in mine:
+                assert r["kind"] in ("post", "void") and (r["kind"] == "void") == (r["amount"] == 0), r
+                assert r["debit_account"] == h["debit_account"] and r["amount"] <= h["amount"], (h, r)
+        assert not refs, refs  # nothing references anything but a hold
 
     @invariant()
     def books_balance_and_nothing_is_negative_or_over(self) -> None:

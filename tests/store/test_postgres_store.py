@@ -66,8 +66,8 @@ def _pg_type_for(table: str, column: str, sqlite_type: str) -> str:
 
 @pytest.mark.postgres
 def test_migrations_make_the_same_tables_and_columns_as_sqlite(pg_url: str) -> None:
-    assert [name for name, _ in PG_MIGRATIONS] == ["m001_core", "m002_funding"]
-    assert asyncio.run(migrate(pg_url, 5.0)) == ["m001_core", "m002_funding"]
+    assert [name for name, _ in PG_MIGRATIONS] == ["m001_core", "m002_funding", "m003_append_only"]
+    assert asyncio.run(migrate(pg_url, 5.0)) == ["m001_core", "m002_funding", "m003_append_only"]
     assert asyncio.run(migrate(pg_url, 6.0)) == []
     pg, lite = _pg_columns(pg_url), _sqlite_columns()
     assert set(pg) == set(lite)
@@ -82,7 +82,7 @@ def test_concurrent_migrations_apply_each_step_once(pg_url: str) -> None:
         return list(await asyncio.gather(*(migrate(pg_url, float(n)) for n in range(4))))
 
     results = asyncio.run(four_at_once())
-    assert sorted(results) == [[], [], [], ["m001_core", "m002_funding"]]
+    assert sorted(results) == [[], [], [], ["m001_core", "m002_funding", "m003_append_only"]]
 
     async def recorded() -> list[str]:
         conn = await asyncpg.connect(pg_url)
@@ -91,7 +91,7 @@ def test_concurrent_migrations_apply_each_step_once(pg_url: str) -> None:
         finally:
             await conn.close()
 
-    assert asyncio.run(recorded()) == ["m001_core", "m002_funding"]
+    assert asyncio.run(recorded()) == ["m001_core", "m002_funding", "m003_append_only"]
 
 
 @pytest.mark.postgres

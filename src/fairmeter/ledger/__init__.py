@@ -9,6 +9,7 @@ from fairmeter.ledger.model import (
     TransferState,
     check_hold,
     settlement_for,
+    with_outcomes,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "TransferState",
     "check_hold",
     "settlement_for",
+    "with_outcomes",
 ]

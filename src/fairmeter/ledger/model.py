@@ -14,18 +14,25 @@ an expired grant had left moves out by a ``lapse`` transfer; refunds move money 
 
 * ``hold``: a *pending* transfer of the worst case W; refused when it would take the payer's
   posted + pending debits past its cap.
-* ``post``: the real cost, at most W, referencing the hold; the hold turns ``posted`` and the rest
+* ``post``: the real cost, at most W, referencing the hold: it resolves the hold (posted) and the rest
   is released.
 * ``overrun``: if the real cost is ever above W it is never clamped: the difference is posted as a
   separate transfer, flagged, and reported by ``verify``.
 * ``void``: a failed call releases the whole hold (cost 0).
 * ``expire``: a lapsed lease resolves a hold (void if never forwarded, else posted at its estimate).
 
-Nothing is edited except a pending hold's state (pending → posted / voided / expired).
+Nothing is ever edited or deleted: the ledger is append-only (the database refuses an ``UPDATE`` or ``DELETE`` of a
+transfer). As in TigerBeetle, a hold's row keeps the state it was written with, ``pending``, and what became of it
+is the transfer that resolves it, whose ``pending_id`` is the hold's id: a ``post`` (of the cost, or of what that
+funding bucket paid), a ``void`` (nothing) or an ``expire`` (a lapsed lease, posted at the estimate). Every hold
+gets exactly one, in the settlement's transaction. `with_outcomes` gives each hold its outcome when the transfers
+are read. (Holds resolved before migration m003 had their state column updated instead; it is read as it is.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
 from enum import StrEnum
 
 from fairmeter.money import Nano
@@ -66,7 +73,10 @@ class Account:
 
 @record
 class Transfer:
-    """One ledger entry: ``amount`` moves from ``debit_account`` to ``credit_account``."""
+    """One ledger entry: ``amount`` moves from ``debit_account`` to ``credit_account``.
+
+    ``state``: as written, except a hold's as read through `with_outcomes` (what its call's resolution made of it).
+    """
 
     id: int
     call_id: str
@@ -76,6 +86,20 @@ class Transfer:
     amount: Nano
     pending_id: int | None
     state: TransferState
+
+
+# What a resolution does to its call's holds, by its kind.
+_OUTCOMES = {TransferKind.POST: TransferState.POSTED, TransferKind.VOID: TransferState.VOIDED,
+             TransferKind.EXPIRE: TransferState.EXPIRED}  # fmt: skip
+
+
+def with_outcomes(transfers: Iterable[Transfer]) -> list[Transfer]:
+    """The transfers as written, each resolved hold with its outcome: posted, voided or expired after the kind of
+    the ``post``, ``void`` or ``expire`` that references it (an ``overrun`` references the hold too, but resolves
+    nothing). A hold nothing references keeps the state it was written with: ``pending``."""
+    rows = list(transfers)
+    outcome = {t.pending_id: _OUTCOMES[t.kind] for t in rows if t.pending_id is not None and t.kind in _OUTCOMES}
+    return [replace(t, state=outcome[t.id]) if t.kind is TransferKind.HOLD and t.id in outcome else t for t in rows]
 
 
 @record

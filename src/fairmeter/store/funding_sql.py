@@ -452,10 +452,39 @@ _PARTS = (
     ),
 )
 
-Shape = tuple[int, int, int, int]
+Shape = tuple[int, int, int, int, int]  # rows of each of _PARTS, then funding holds resolved (resolve_sql)
 
 # Each part as rows of a multi-row insert (SQLite): the statement's head, its row width, its conflict clause.
 _INSERTS = tuple((f"INSERT INTO {target}", len(types), conflict) for _, target, types, conflict in _PARTS)
+
+# A settlement resolves each funding hold by a transfer of its own that references it (``pending_id``): a ``post``
+# of what that bucket paid, or a ``void`` when it paid nothing. Nothing is updated: the ledger is append-only.
+# A row of (call id, the bucket's account, the key's account, amount paid, time) finds its hold by the call, the
+# two accounts and the kind (a call holds at most once per bucket).
+_RESOLVE_TYPES = ("text", "text", "text", "bigint", "float8")
+_RESOLVE_HEAD = (
+    "INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, ts, bucket)"
+    " SELECT h.call_id, CASE WHEN v.paid > 0 THEN 'post' ELSE 'void' END, h.debit_account, h.credit_account, v.paid,"
+    " h.id, 'posted', v.ts, h.bucket"
+    " FROM (SELECT column1 AS call_id, column2 AS account, column3 AS key_account, column4 AS paid, column5 AS ts"
+    " FROM (VALUES "
+)
+_RESOLVE_TAIL = (
+    ") AS x) AS v JOIN transfers h ON h.call_id = v.call_id AND h.kind = 'hold' AND h.debit_account = v.account"
+    " AND h.credit_account = v.key_account"
+)
+
+
+def resolve_sql(first: int, rows: int, typed: bool, gate: str = "") -> str:
+    """The funding holds' resolutions for ``rows`` rows of parameters from ``$first`` (``typed``: with PostgreSQL
+    casts); ``gate`` is added to the join's condition (``AND EXISTS (…)``)."""
+    n = len(_RESOLVE_TYPES)
+    values = ", ".join(
+        "(" + ", ".join(f"${first + r * n + i}" + (f"::{t}" if typed else "") for i, t in enumerate(_RESOLVE_TYPES))
+        + ")"
+        for r in range(rows)
+    )  # fmt: skip
+    return f"{_RESOLVE_HEAD}{values}{_RESOLVE_TAIL}{gate}"
 
 
 @lru_cache(maxsize=256)
@@ -471,7 +500,7 @@ def funding_ctes(shape: Shape, first: int, gate: str = "") -> str:
     """
     out = []
     n = first
-    for rows, (name, target, types, conflict) in zip(shape, _PARTS, strict=True):
+    for rows, (name, target, types, conflict) in zip(shape[:4], _PARTS, strict=True):
         if not rows:
             continue
         values = []
@@ -480,6 +509,9 @@ def funding_ctes(shape: Shape, first: int, gate: str = "") -> str:
             n += len(types)
         out.append(f",\n{name} AS (\n    INSERT INTO {target}\n    SELECT * FROM (VALUES {', '.join(values)}) AS v"
                    f" {gate}\n    {conflict}\n)")  # fmt: skip
+    if shape[4]:
+        gated = " AND " + gate.removeprefix("WHERE ") if gate else ""
+        out.append(f",\nres AS (\n    {resolve_sql(n, shape[4], True, gated)}\n)")
     return "".join(out)
 
 
@@ -491,18 +523,15 @@ _CALL_PAID = (
 
 @lru_cache(maxsize=64)
 def _flush_pg(shape: Shape) -> str:
-    """A settlement's funding writes on PostgreSQL in one statement: the holds resolved, the writes of
-    ``shape``, the call's paid_json and explanation (parameters: state, call id, key account, call id or
-    NULL, paid_json, explanation, reconciliation flag, then :meth:`Writes.params`)."""
+    """A hold's or settlement's funding writes on PostgreSQL in one statement: the writes of ``shape`` and the
+    call's paid_json and explanation (parameters: call id or NULL, paid_json, explanation, reconciliation flag,
+    then :meth:`Writes.params`)."""
     return f"""
-WITH resolved AS (
-    UPDATE transfers SET state = $1 WHERE $1::text IS NOT NULL AND call_id = $2 AND kind = 'hold'
-        AND credit_account = $3 AND state = 'pending'
-), paid AS (
-    UPDATE calls SET paid_json = $5, explanation = $6,
-        needs_reconciliation = GREATEST(needs_reconciliation, $7::int)
-    WHERE $4::text IS NOT NULL AND id = $4
-){funding_ctes(shape, 8)}
+WITH paid AS (
+    UPDATE calls SET paid_json = $2, explanation = $3,
+        needs_reconciliation = GREATEST(needs_reconciliation, $4::int)
+    WHERE $1::text IS NOT NULL AND id = $1
+){funding_ctes(shape, 5)}
 SELECT 1
 """
 
@@ -523,7 +552,8 @@ class Writes:
     transfers: list[tuple[str, str, str, str, int, str, str | None, float, str]] = field(default_factory=list)
     windows: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
     periods: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
-    resolve: tuple[str, str, str] | None = None  # (new state, call id, key account) of the funding holds
+    # Funding holds to resolve: (call id, bucket account, key account, amount paid, time); see `resolve_sql`.
+    resolutions: list[tuple[str, str, str, int, float]] = field(default_factory=list)
     call: tuple[str, str, str, int] | None = None  # (call id, paid_json, explanation, flag for reconciliation)
 
     def account(self, account: str, **deltas: int) -> None:
@@ -537,6 +567,10 @@ class Writes:
     ) -> None:  # fmt: skip
         self.transfers.append((call_id, kind, debit, credit, amount, state, reason, now, str(bucket)))  # enum → str
 
+    def resolve(self, call_id: str, account: str, key_account: str, paid: Nano, now: float) -> None:
+        """Resolve the call's funding hold on ``account``: post ``paid`` of it (void it when 0)."""
+        self.resolutions.append((call_id, account, key_account, paid, now))
+
     def count(self, counters: dict[tuple[str, str, float], list[int]], key: tuple[str, str, float], used: int,
               held: int) -> None:  # fmt: skip
         if used or held:
@@ -549,17 +583,12 @@ class Writes:
             await self._flush_one_statement(tx)
         else:
             await self._flush_each(tx)
-        self.accounts, self.transfers, self.windows, self.periods, self.resolve, self.call = {}, [], {}, {}, None, None
+        self.accounts, self.transfers, self.windows, self.periods, self.call = {}, [], {}, {}, None
+        self.resolutions = []
 
     async def _flush_each(self, tx: Tx) -> None:
         if self.call is not None:
             await tx.execute(_CALL_PAID, *self.call)
-        if self.resolve is not None:
-            await tx.execute(
-                "UPDATE transfers SET state = $1 WHERE call_id = $2 AND kind = 'hold' AND credit_account = $3"
-                " AND state = 'pending'",
-                *self.resolve,
-            )
         parts: tuple[Sequence[Sequence[object]], ...] = (
             [(account, *row) for account, row in self.accounts.items() if any(row)],
             self.transfers,
@@ -569,23 +598,23 @@ class Writes:
         for (head, width, conflict), rows in zip(_INSERTS, parts, strict=True):
             for chunk in row_chunks(rows):  # a part's rows in one statement (keys are unique: summed first)
                 await tx.execute(values_sql(head, width, len(chunk), conflict), *chain.from_iterable(chunk))
+        for chunk in row_chunks(self.resolutions):
+            await tx.execute(resolve_sql(1, len(chunk), False), *chain.from_iterable(chunk))
 
     @property
     def empty(self) -> bool:
         """Nothing to write."""
-        return not (self.resolve or self.call or self.accounts or self.transfers or self.windows or self.periods)
+        return not (self.call or self.accounts or self.transfers or self.windows or self.periods or self.resolutions)
 
     async def _flush_one_statement(self, tx: Tx) -> None:
         if self.empty:
             return
-        state, call_id, key = self.resolve or (None, "", "")
-        await tx.execute(_flush_pg(self.shape), state, call_id, key, *(self.call or (None, None, None, 0)),
-                         *self.params())  # fmt: skip
+        await tx.execute(_flush_pg(self.shape), *(self.call or (None, None, None, 0)), *self.params())
 
     @property
     def shape(self) -> Shape:
         """How many rows of each part :func:`funding_ctes` writes."""
-        return len(self.accounts), len(self.transfers), len(self.windows), len(self.periods)
+        return len(self.accounts), len(self.transfers), len(self.windows), len(self.periods), len(self.resolutions)
 
     def params(self) -> list[object]:
         """The values of :func:`funding_ctes` for :attr:`shape`, row after row, in order."""
@@ -598,6 +627,8 @@ class Writes:
         for counters in (self.windows, self.periods):
             for key, (used, held) in counters.items():
                 out += (*key, used, held)
+        for resolution in self.resolutions:
+            out += resolution
         return out
 
 
@@ -716,7 +747,7 @@ async def plan_settlement(
     """
     held = held_from_json(held_text)
     alloc = held.allocation
-    w = Writes(resolve=("voided" if void else "posted", call_id, key_account))
+    w = Writes()
     dead = set()
     if not void and any(p.bucket is BucketKind.GRANTS for p in alloc.portions):
         rows = await tx.fetch("SELECT id FROM grants WHERE payer_id = $1 AND expires_at <= $2", payer_id, now)
@@ -727,8 +758,7 @@ async def plan_settlement(
         account = bucket_account(payer_id, p)
         paid = paid_by.get((p.bucket, p.source), 0)
         w.account(account, debits_pending=-p.amount, debits_posted=paid)
-        if paid:
-            w.transfer(call_id, "post", account, key_account, paid, "posted", now, p.bucket)
+        w.resolve(call_id, account, key_account, paid, now)
     if credit_key:
         w.account(key_account, credits_pending=-alloc.total, credits_posted=d.paid.total)
     _count_windows(w, payer_id, alloc.windows, d.paid.windows)

@@ -116,7 +116,26 @@ def m002_funding(db: sqlite3.Connection, now: float) -> None:  # float-ok: secon
     run_now(seed_defaults(SQLiteTx(db), now))
 
 
-MIGRATIONS: list[Migration] = [("m001_core", lambda db, now: m001_core(db)), ("m002_funding", m002_funding)]
+# The ledger is append-only (ledger/model.py): the database refuses to change or remove a transfer. Each trigger is
+# one statement (``_run`` splits on ";", which a trigger's body holds).
+M003_APPEND_ONLY = (
+    "CREATE TRIGGER transfers_no_update BEFORE UPDATE ON transfers"
+    " BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: a transfer is never updated'); END",
+    "CREATE TRIGGER transfers_no_delete BEFORE DELETE ON transfers"
+    " BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: a transfer is never deleted'); END",
+)
+
+
+def m003_append_only(db: sqlite3.Connection) -> None:
+    for statement in M003_APPEND_ONLY:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [
+    ("m001_core", lambda db, now: m001_core(db)),
+    ("m002_funding", m002_funding),
+    ("m003_append_only", lambda db, now: m003_append_only(db)),
+]
 
 
 def apply_migrations(db: sqlite3.Connection, clock_now: float) -> list[str]:  # float-ok: seconds

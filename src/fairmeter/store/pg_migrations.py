@@ -113,7 +113,24 @@ CREATE TABLE stored_responses (
 );
 """
 
-MIGRATIONS: list[tuple[str, str]] = [("m001_core", M001_CORE), ("m002_funding", M002_FUNDING)]
+# The ledger is append-only (ledger/model.py): the database refuses to change or remove a transfer.
+M003_APPEND_ONLY = """
+CREATE FUNCTION transfers_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the ledger is append-only: a transfer is never %', lower(TG_OP) || 'd';
+END
+$$;
+CREATE TRIGGER transfers_no_change BEFORE UPDATE OR DELETE ON transfers
+    FOR EACH ROW EXECUTE FUNCTION transfers_append_only();
+CREATE TRIGGER transfers_no_truncate BEFORE TRUNCATE ON transfers
+    FOR EACH STATEMENT EXECUTE FUNCTION transfers_append_only();
+"""
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("m001_core", M001_CORE),
+    ("m002_funding", M002_FUNDING),
+    ("m003_append_only", M003_APPEND_ONLY),
+]
 SEEDS: dict[str, Callable[[Tx, float], Awaitable[None]]] = {"m002_funding": seed_defaults}  # float-ok: seconds
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from fairmeter.ledger.funding import Size
-from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState, check_hold
+from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState, check_hold, with_outcomes
 from fairmeter.money import Nano
 from fairmeter.store.funding_sql import (
     PAYER_COLUMNS,
@@ -129,21 +129,21 @@ LEFT JOIN idempotency i ON i.key_id = $2 AND i.idem_key = $3 AND i.created_at > 
 LEFT JOIN stored_responses s ON s.call_id = i.call_id AND i.state = 'settled'
 """
 
-# Settle or void: the guarded update of the call row (a call resolves once), then the key's account,
-# then, fed by that update, the provider's account, the hold's state, the post (and overrun)
-# transfers, the idempotency state and the stored response. posted = min(hold, cost) and overrun =
-# cost - posted, as ledger.model.settlement_for: an overrun is never clamped.
+# Settle or void: the guarded update of the call row (a call resolves once), then the key's account, then, fed by
+# that update, the provider's account, the resolution (post, void or expire, referencing the hold: no transfer is
+# ever updated) and the overrun, the idempotency state and the stored response. posted = min(hold, cost) and
+# overrun = cost - posted, as ledger.model.settlement_for: an overrun is never clamped.
 _FINISH = """
 WITH done AS (
     UPDATE calls SET status = $2, upstream_status = $3, usage_status = $4, usage_json = $5, cost_usd = $6,
         billed_nano = $7, estimated = $8, breakdown_json = $9, ended_at = $10, message = $11,
         overrun_nano = GREATEST(0, $7 - reserved_nano),
-        needs_reconciliation = ($12 OR $7 > reserved_nano OR $26::int = 1)::int, lease_expires_at = NULL,
-        paid_json = COALESCE($24, paid_json), explanation = COALESCE($25, explanation),
+        needs_reconciliation = ($12 OR $7 > reserved_nano OR $25::int = 1)::int, lease_expires_at = NULL,
+        paid_json = COALESCE($23, paid_json), explanation = COALESCE($24, explanation),
         prices_json = COALESCE($13, prices_json), price_source = COALESCE($14, price_source)
     WHERE id = $1 AND status = 'pending'
     RETURNING id, key_id, hold_id, reserved_nano, idempotency_key, payer_id, funding_json,
-        'key:' || key_id AS debit, 'provider:' || provider || '/' || $23 AS credit,
+        'key:' || key_id AS debit, 'provider:' || provider || '/' || $22 AS credit,
         LEAST($7, reserved_nano) AS posted, GREATEST(0, $7 - reserved_nano) AS overrun
 ),
 payer AS (
@@ -158,25 +158,22 @@ payee AS (
     ON CONFLICT (id) DO UPDATE SET credits_pending = accounts.credits_pending + EXCLUDED.credits_pending,
         credits_posted = accounts.credits_posted + EXCLUDED.credits_posted
 ),
-resolved AS (
-    UPDATE transfers t SET state = $15 FROM payer p WHERE t.id = p.hold_id
-),
 moves AS (
     INSERT INTO transfers (call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts)
-    SELECT p.id, m.kind, p.debit, p.credit, m.amount, p.hold_id, 'posted', m.reason, $17
+    SELECT p.id, m.kind, p.debit, p.credit, m.amount, p.hold_id, 'posted', m.reason, $16
     FROM payer p
-    CROSS JOIN LATERAL (VALUES (1, $16::text, p.posted, NULL::text), (2, 'overrun', p.overrun, 'cost above hold'))
+    CROSS JOIN LATERAL (VALUES (1, $15::text, p.posted, NULL::text), (2, 'overrun', p.overrun, 'cost above hold'))
         AS m (n, kind, amount, reason)
     WHERE m.n = 1 OR m.amount > 0
     ORDER BY m.n
 ),
 idem AS (
-    UPDATE idempotency i SET state = $18 FROM payer p
+    UPDATE idempotency i SET state = $17 FROM payer p
     WHERE i.key_id = p.key_id AND i.idem_key = p.idempotency_key AND i.call_id = p.id
 ),
 kept AS (
     INSERT INTO stored_responses (call_id, status, headers_json, body, stream)
-    SELECT p.id, $19, $20, $21, $22 FROM payer p WHERE p.idempotency_key IS NOT NULL AND $19::int IS NOT NULL
+    SELECT p.id, $18, $19, $20, $21 FROM payer p WHERE p.idempotency_key IS NOT NULL AND $18::int IS NOT NULL
     ON CONFLICT (call_id) DO UPDATE SET status = EXCLUDED.status, headers_json = EXCLUDED.headers_json,
         body = EXCLUDED.body, stream = EXCLUDED.stream
 )
@@ -185,18 +182,11 @@ SELECT overrun, payer_id, funding_json, debit FROM done
 
 
 # The same, with the funding leg's settlement (planned by the process that held the call) in the statement.
-# Parameters: the 26 of _FINISH, the funding holds' new state ($27), the key's account ($28), then
-# Writes.params().
+# Parameters: the 25 of _FINISH, then Writes.params() (which resolve each funding hold: `funding_sql.resolve_sql`).
 @lru_cache(maxsize=64)
 def _finish_funded(shape: Shape) -> str:
     return _FINISH.replace(
-        "\nSELECT overrun,",
-        """, fresolved AS (
-    UPDATE transfers SET state = $27
-    WHERE call_id = $1 AND kind = 'hold' AND credit_account = $28 AND state = 'pending' AND EXISTS (SELECT FROM done)
-)"""
-        + funding_ctes(shape, 29, "WHERE EXISTS (SELECT FROM done)")
-        + "\nSELECT overrun,",
+        "\nSELECT overrun,", funding_ctes(shape, 26, "WHERE EXISTS (SELECT FROM done)") + "\nSELECT overrun,"
     )
 
 
@@ -418,17 +408,12 @@ class PostgresStore:
         row when two resolutions race, so only one applies.
         """
         actual = 0 if void else end.billed
-        if void:
-            state, kind = TransferState.VOIDED, TransferKind.VOID
-        elif expired:
-            state, kind = TransferState.EXPIRED, TransferKind.EXPIRE
-        else:
-            state, kind = TransferState.POSTED, TransferKind.POST
+        kind = TransferKind.VOID if void else TransferKind.EXPIRE if expired else TransferKind.POST
         sr = None if void else end.stored_response
         args = (
             call_id, end.status, end.upstream_status, end.usage_status, end.usage_json, end.cost_usd, actual,
             int(end.estimated), end.breakdown_json, end.ended_at, end.message, needs_reconciliation,
-            end.prices_json, end.price_source, state.value, kind.value, now, "voided" if void else "settled",
+            end.prices_json, end.price_source, kind.value, now, "voided" if void else "settled",
             sr.status if sr else None, json.dumps(sr.headers) if sr else None, sr.body if sr else None,
             int(sr.stream) if sr else None,
         )  # fmt: skip
@@ -442,11 +427,10 @@ class PostgresStore:
                     PgTx(conn), call_id, payer_id, key, funding_text, Size(actual, end.tokens), now, void=void,
                     credit_key=False,
                 )  # fmt: skip
-                if done is not None and w.call is not None and w.resolve is not None:
+                if done is not None and w.call is not None:
                     row = await conn.fetchrow(
-                        _finish_funded(w.shape), *args, str(shard), w.call[1], w.call[2], w.call[3], w.resolve[0], key,
-                        *w.params(),
-                    )  # fmt: skip
+                        _finish_funded(w.shape), *args, str(shard), w.call[1], w.call[2], w.call[3], *w.params()
+                    )
                     return 0 if row is None else int(row["overrun"] or 0)
             row = await conn.fetchrow(_FINISH, *args, str(shard), None, None, 0)
             if row is None:
@@ -542,7 +526,9 @@ class PostgresStore:
             "SELECT id, call_id, kind, regexp_replace(debit_account, '/[0-9]+$', ''),"
             " regexp_replace(credit_account, '/[0-9]+$', ''), amount, pending_id, state FROM transfers ORDER BY id"
         )
-        return [Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7])) for r in rows]
+        return with_outcomes(
+            Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7])) for r in rows
+        )
 
     async def pending_count(self) -> int:
         """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""

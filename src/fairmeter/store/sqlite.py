@@ -33,6 +33,7 @@ from fairmeter.ledger.model import (
     TransferState,
     check_hold,
     settlement_for,
+    with_outcomes,
 )
 from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter, LockBusy
@@ -75,11 +76,9 @@ log = logging.getLogger("fairmeter.store")
 # once (a dictionary's ``get`` of the value itself returns None, bound as NULL).
 _NO_ADAPTER: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NO_ADAPTER.get)
-# A resolution's hold state and transfer kind, as plain strings: sqlite3 binds a str subclass (an enum member)
-# through that protocol too.
-_VOID = (TransferState.VOIDED.value, TransferKind.VOID.value)
-_EXPIRE = (TransferState.EXPIRED.value, TransferKind.EXPIRE.value)
-_POST = (TransferState.POSTED.value, TransferKind.POST.value)
+# A resolution's transfer kind, as a plain string: sqlite3 binds a str subclass (an enum member) through that
+# protocol too.
+_VOID, _EXPIRE, _POST = TransferKind.VOID.value, TransferKind.EXPIRE.value, TransferKind.POST.value
 
 
 def sqlite_path(database_url: str) -> str:
@@ -553,17 +552,9 @@ class SQLiteStore:
         held, hold_id = row["reserved_nano"], row["hold_id"]
         debit, credit = key_account(row["key_id"]), provider_account(row["provider"])
         split = settlement_for(held, actual)
-        state, kind = _VOID if void else _EXPIRE if expired else _POST
-        if planned is not None and planned.resolve is not None:
-            # The spend leg's hold and the funding holds (credited to the key) resolved in one statement.
-            db.execute(
-                "UPDATE transfers SET state = CASE WHEN id = ?1 THEN ?2 ELSE ?3 END WHERE call_id = ?4"
-                " AND state = 'pending' AND (id = ?1 OR (kind = 'hold' AND credit_account = ?5))",
-                (hold_id, state, planned.resolve[0], call_id, planned.resolve[2]),
-            )
-            planned.resolve = None
-        else:
-            db.execute("UPDATE transfers SET state = ? WHERE id = ?", (state, hold_id))
+        kind = _VOID if void else _EXPIRE if expired else _POST
+        # The spend hold's resolution references it (the funding holds get theirs from the funding writes below); no
+        # transfer is ever updated (`ledger.model`).
         moved: list[TransferRow] = [(call_id, kind, debit, credit, split.posted, hold_id, "posted", None, now, None)]
         if split.overrun:
             over = "cost above hold"
@@ -677,13 +668,13 @@ class SQLiteStore:
         ]
 
     async def transfers(self) -> list[Transfer]:
-        return [
+        return with_outcomes(
             Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7]))
             for r in self._execute(
                 "SELECT id, call_id, kind, debit_account, credit_account, amount, pending_id, state"
                 " FROM transfers ORDER BY id"
             )
-        ]
+        )
 
     async def pending_count(self) -> int:
         """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""

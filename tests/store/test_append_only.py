@@ -1,0 +1,187 @@
+"""The ledger is append-only (issue 3 §5: "corrections are new entries, never edits"), on both backends.
+
+No transfer is ever updated or deleted, by the gateway or anyone else with a connection (the database refuses
+it), and every hold is resolved by exactly one transfer that references it: the spend leg's and each funding
+bucket's, whatever the outcome (settled, voided, expired, overrun) and whichever process settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from fairmeter.ledger.model import TransferKind, TransferState
+from fairmeter.ledger.verify import verify_books
+from fairmeter.store import Store, admin_sql, open_store
+from fairmeter.store.records import CallEnd, CallStart
+
+pytest_plugins = ("tests.pg",)
+
+USD = 1_000_000_000
+NOW = 1_795_000_000.0
+PLAN = {
+    "name": "sub",
+    "windows": [{"name": "5h", "kind": "block", "hours": 5, "limit_usd": "0.5"}],
+    "spill_to_credits": True,
+    "overage_enabled": True,
+}
+RESOLUTIONS = ("post", "void", "expire")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{request.getfixturevalue('tmp_path') / 'ledger.db'}"
+
+
+def with_store(url: str, body: Callable[[Store], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        store = open_store(url, NOW)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+async def raw_transfers(store: Store) -> list[dict[str, Any]]:
+    """Every column of every transfer row as stored, in id order."""
+    return await store.run(lambda tx: tx.fetch("SELECT * FROM transfers ORDER BY id"))
+
+
+async def subscriber(store: Store) -> tuple[str, str]:
+    """A key whose payer holds from a subscription window, a grant, purchased credits and overage (in that
+    order), so one call's hold spans several buckets; returns (key id, payer id)."""
+    await store.run(lambda tx: admin_sql.create_org(tx, "o", "test", NOW))
+    await store.run(lambda tx: admin_sql.put_plan(tx, dict(PLAN), "test", NOW))
+    payer = (await store.run(lambda tx: admin_sql.create_payer(tx, "o", None, "sub", {}, "test", NOW)))["id"]
+    await store.run(lambda tx: admin_sql.add_grant(tx, payer, USD // 5, "promo", "test", NOW, expires_at=NOW + 9e5))
+    await store.run(lambda tx: admin_sql.topup(tx, payer, USD // 5, "inv", "test", NOW))
+    key, _ = await store.create_key("k", None, False, NOW)
+    await store.run(lambda tx: admin_sql.assign_key(tx, key.id, "o", None, "test", "test", NOW))
+    return key.id, payer
+
+
+def call(n: int, key_id: str, payer: str, reserved: int) -> CallStart:
+    return CallStart(
+        id=f"call_{n:04d}", key_id=key_id, provider="openai", api="chat", model="m", stream=False, reserved=reserved,
+        estimate=reserved // 4, prices_json=None, price_source=None, idempotency_key=None, started_at=NOW + n,
+        lease_owner="gw-a", lease_expires_at=NOW + 600, payer_id=payer, tokens=1_000,
+    )  # fmt: skip
+
+
+def end(billed: int) -> CallEnd:
+    return CallEnd("ok", 200, "complete", None, str(billed), billed, False, None, NOW + 1, tokens=10)
+
+
+def path(row: dict[str, Any]) -> tuple[str, str, str]:
+    """A transfer's call and accounts; a provider account without its shard (PostgreSQL spreads a provider's
+    credits over shard rows: ``provider:openai/3``)."""
+    return row["call_id"], row["debit_account"], re.sub(r"/[0-9]+$", "", row["credit_account"])
+
+
+def check_resolutions(rows: list[dict[str, Any]], settled: set[str]) -> None:
+    """Each hold of a settled call is referenced by exactly one post, void or expire; no other hold is."""
+    holds = {r["id"]: r for r in rows if r["kind"] == "hold"}
+    refs: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] in RESOLUTIONS and r["pending_id"] is not None:
+            refs.setdefault(r["pending_id"], []).append(r)
+    assert set(refs) <= set(holds)
+    for hold_id, hold in holds.items():
+        assert hold["state"] == "pending"  # as written; never updated
+        mine = refs.get(hold_id, [])
+        assert len(mine) == (1 if hold["call_id"] in settled else 0), (hold, mine)
+        for r in mine:  # the resolution moves money along the hold's own path, never more than it held
+            assert path(r) == path(hold)
+            assert r["amount"] <= hold["amount"] and (r["kind"] != "void" or r["amount"] == 0)
+
+
+def test_every_hold_is_resolved_once_by_a_transfer_that_references_it_and_no_row_changes(url: str) -> None:
+    async def body(store: Store) -> None:
+        key_id, payer = await subscriber(store)
+        # W of $0.3 each: the first fills most of the window, the next spill to the grant, the credits, overage
+        calls = [call(n, key_id, payer, 3 * USD // 10) for n in range(6)]
+        for c in calls:
+            assert (await store.begin_call(c, 86_400)).kind == "held"
+        seen = await raw_transfers(store)
+        check_resolutions(seen, set())
+        settled = set()
+        outcomes: list[tuple[int, dict[str, Any]]] = [
+            (2 * USD // 10, {}),  # cheaper than its hold: later buckets post less, or are voided
+            (0, {"void": True}),  # a failed call: every hold voided
+            (3 * USD // 10 + 7, {}),  # above its hold: an overrun beside the resolutions
+            (USD // 20, {"expired": True, "needs_reconciliation": True}),  # a lapsed lease
+        ]
+        for c, (billed, how) in zip(calls, outcomes, strict=False):
+            await store.finish_call(c.id, end(billed), NOW + 2, **how)
+            settled.add(c.id)
+            now = await raw_transfers(store)
+            assert now[: len(seen)] == seen  # what was there is still there, unchanged
+            seen = now
+            check_resolutions(seen, settled)
+        balanced, _, problems = verify_books(await store.accounts(), await store.transfers())
+        assert balanced, problems
+        states = {t.call_id: t.state for t in await store.transfers() if t.kind is TransferKind.HOLD}
+        assert [states[c.id] for c in calls] == [
+            TransferState.POSTED, TransferState.VOIDED, TransferState.POSTED, TransferState.EXPIRED,
+            TransferState.PENDING, TransferState.PENDING,
+        ]  # fmt: skip
+        kinds = {r["kind"] for r in seen}
+        assert {"hold", "post", "void", "expire", "overrun"} <= kinds
+
+    with_store(url, body)
+
+
+def test_a_call_held_by_another_process_is_resolved_the_same_way(url: str) -> None:
+    """The settling store did not place the hold: it finds the funding holds by the call (no cached plan)."""
+
+    async def hold(store: Store) -> list[CallStart]:
+        key_id, payer = await subscriber(store)
+        calls = [call(n, key_id, payer, 3 * USD // 10) for n in range(3)]
+        for c in calls:
+            assert (await store.begin_call(c, 86_400)).kind == "held"
+        return calls
+
+    calls = with_store(url, hold)
+
+    async def settle(store: Store) -> None:
+        for c, billed in zip(calls, (USD // 10, 0, 2 * USD // 10), strict=True):
+            await store.finish_call(c.id, end(billed), NOW + 2, void=billed == 0)
+        check_resolutions(await raw_transfers(store), {c.id for c in calls})
+        balanced, _, problems = verify_books(await store.accounts(), await store.transfers())
+        assert balanced, problems
+
+    with_store(url, settle)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE transfers SET amount = amount + 1", "UPDATE transfers SET state = 'posted'", "DELETE FROM transfers"],
+)
+def test_the_database_refuses_to_change_or_remove_a_transfer(url: str, statement: str) -> None:
+    async def body(store: Store) -> None:
+        key_id, payer = await subscriber(store)
+        await store.begin_call(call(1, key_id, payer, USD // 10), 86_400)
+        before = await raw_transfers(store)
+        with pytest.raises(Exception, match=r"the ledger is append-only: a transfer is never (updated|deleted)"):
+            await store.run(lambda tx: tx.execute(statement))
+        assert await raw_transfers(store) == before
+
+    with_store(url, body)
+
+
+@pytest.mark.postgres
+def test_postgres_refuses_to_truncate_the_transfers(pg_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.create_key("k", None, False, NOW)
+        with pytest.raises(Exception, match="the ledger is append-only: a transfer is never truncated"):
+            await store.run(lambda tx: tx.execute("TRUNCATE transfers"))
+
+    with_store(pg_url, body)
