@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from fairmeter.store import Store, admin_sql, open_store
 from fairmeter.store.records import CallEnd, CallStart
 
 pytest_plugins = ("tests.pg",)
+DATA = Path(__file__).parent / "data"
 
 USD = 1_000_000_000
 NOW = 1_795_000_000.0
@@ -185,3 +188,37 @@ def test_postgres_refuses_to_truncate_the_transfers(pg_url: str) -> None:
             await store.run(lambda tx: tx.execute("TRUNCATE transfers"))
 
     with_store(pg_url, body)
+
+
+def test_a_database_from_before_m003_upgrades_and_its_old_holds_keep_their_outcomes(tmp_path: Path) -> None:
+    """``data/pre_m003.db`` was made by the code before migration m003 (``data/make_pre_m003.py``, at commit
+    5234c28): four calls resolved by updating their holds' state (funding postings referencing nothing), two
+    pending. Opened now, it takes the triggers, verifies clean, and its pending calls settle the new way."""
+    path = tmp_path / "old.db"
+    shutil.copy(DATA / "pre_m003.db", path)
+    url = f"sqlite:///{path}"
+
+    async def body(store: Store) -> None:
+        applied = await store.run(lambda tx: tx.fetch("SELECT name FROM migrations ORDER BY name"))
+        assert [r["name"] for r in applied] == ["m001_core", "m002_funding", "m003_append_only"]
+        balanced, _, problems = verify_books(await store.accounts(), await store.transfers())
+        assert balanced and [p.kind for p in problems] == ["overrun"], problems
+        states = {t.id: t.state for t in await store.transfers() if t.kind is TransferKind.HOLD}
+        assert list(states.values()).count(TransferState.PENDING) == 4  # the two pending calls, two legs each
+        for call_id, billed in (("call_old0004", USD // 10), ("call_old0005", 0)):
+            await store.finish_call(call_id, end(billed), NOW + 3, void=billed == 0)
+        balanced, _, problems = verify_books(await store.accounts(), await store.transfers())
+        assert balanced, problems
+        rows = await raw_transfers(store)
+        new = {r["call_id"] for r in rows if r["pending_id"] is not None and r["kind"] in RESOLUTIONS}
+        assert {"call_old0004", "call_old0005"} <= new
+        outcomes = {t.call_id: t.state for t in await store.transfers() if t.kind is TransferKind.HOLD}
+        assert outcomes == {
+            "call_old0000": TransferState.POSTED, "call_old0001": TransferState.VOIDED,
+            "call_old0002": TransferState.POSTED, "call_old0003": TransferState.EXPIRED,
+            "call_old0004": TransferState.POSTED, "call_old0005": TransferState.VOIDED,
+        }  # fmt: skip
+        with pytest.raises(Exception, match="append-only"):
+            await store.run(lambda tx: tx.execute("UPDATE transfers SET state = 'pending'"))
+
+    with_store(url, body)
