@@ -39,6 +39,7 @@ from fairmeter.money import Nano
 from fairmeter.store.batch import GroupCommitter, LockBusy
 from fairmeter.store.funding_sql import (
     UNREAD_ACCOUNTS,
+    FundingHold,
     HeldFunding,
     Payer,
     Writes,
@@ -126,8 +127,10 @@ class SQLiteStore:
         self._payers: dict[str, Payer] = {}
         self._data_version = -1
         self.committer = GroupCommitter(self._batch_transaction, batch)
-        # Calls this process held, with their funding hold: settled with one fewer statement.
-        self._held: dict[str, tuple[str, HeldFunding, str]] = {}
+        # Calls this process held: (payer, funding hold, key account, each funding hold's transfer id and bucket by
+        # the bucket's account); their settlement is planned before its statements, and resolves the funding holds
+        # by id, in the spend leg's statement.
+        self._held: dict[str, tuple[str, HeldFunding, str, dict[str, tuple[int, str | None]]]] = {}
         # Forwarded marks not yet written, and the calls settled by the transaction now open (`_mark_forwarded`).
         self._forwarded: set[str] = set()
         self._settling: set[str] = set()
@@ -425,6 +428,7 @@ class SQLiteStore:
             return self._refused(call, account)
         funding_json = None
         moved: list[TransferRow] = []
+        fh: FundingHold | None = None
         if call.payer_id is not None:
             size = Size(call.reserved, call.tokens)
             payer, tx = self._payer(call.payer_id), self._tx
@@ -453,11 +457,16 @@ class SQLiteStore:
             moved = _funding_transfers(fh.writes)
             self._flush_writes(self._defer_unread(fh.writes, payer))
             funding_json = fh.json
-            self._held[call.id] = (call.payer_id, fh.held, account)
         self._credit(provider, call.reserved, 0)
-        # The funding holds and then the spend leg's hold, in one statement: the hold is the last row.
+        # The funding holds and then the spend leg's hold, in one statement: the hold is the last row. Rows of one
+        # transaction take consecutive ids (a rowid table takes the largest id + 1, and no row is ever deleted),
+        # so the funding holds' are the ids just before the hold's.
         moved.append((call.id, "hold", account, provider, call.reserved, None, "pending", None, call.started_at, None))
         hold = self._insert_transfers(moved)
+        if call.payer_id is not None and fh is not None and fh.held is not None:
+            first = hold - len(moved) + 1
+            ids = {r[2]: (first + i, r[9]) for i, r in enumerate(moved[:-1])}
+            self._held[call.id] = (call.payer_id, fh.held, account, ids)
         db.execute(
             "INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,"
             " prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at,"
@@ -517,7 +526,7 @@ class SQLiteStore:
         # A call this process held: its funding settlement is planned first, so the call's record takes the
         # explanation in the same update (else it is settled after, from the record's funding hold).
         planned: Writes | None = None
-        here = self._held.pop(call_id, None)  # (payer, funding hold, key account)
+        here = self._held.pop(call_id, None)  # (payer, funding hold, key account, funding hold ids)
         payer = self._payers.get(here[0]) if here is not None else None  # as this transaction knows it, if it does
         if here is not None:
             planned, done, _, _ = run_now(
@@ -559,7 +568,13 @@ class SQLiteStore:
         if split.overrun:
             over = "cost above hold"
             moved.append((call_id, "overrun", debit, credit, split.overrun, hold_id, "posted", over, now, None))
-        if planned is not None:  # the funding leg's postings, in the same statement
+        if planned is not None and here is not None:  # the funding holds' resolutions, in the same statement
+            ids = here[3]
+            for _, bucket_account, key, drawn, at in planned.resolutions:
+                ref, bucket = ids[bucket_account]
+                how = _POST if drawn else _VOID
+                moved.append((call_id, how, bucket_account, key, drawn, ref, "posted", None, at, bucket))
+            planned.resolutions = []
             moved += _funding_transfers(planned)
         self._insert_transfers(moved)
         funded = row["funding_json"] is not None  # the funding leg credits the key what the spend leg posts
