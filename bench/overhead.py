@@ -338,7 +338,7 @@ def targets_report(rows: list[dict[str, object]], rss_mb: float, start_s: float)
     """Each of fairmeter's targets, met or not, from this run's figures."""
     get = _getter(rows, "gateway")
 
-    cpu_plain = max(get(1, False, "cpu_ms_per_request"), get(64, False, "cpu_ms_per_request"))
+    cpu1, cpu64 = get(1, False, "cpu_ms_per_request"), get(64, False, "cpu_ms_per_request")
     checks: list[tuple[str, float, str, bool]] = [
         (
             "added p50, c=1, not streamed",
@@ -353,7 +353,10 @@ def targets_report(rows: list[dict[str, object]], rss_mb: float, start_s: float)
             ">= 15 %",
             get(64, False, "share_of_direct") >= 0.15,
         ),
-        ("CPU per non-streamed request (worse of c=1, c=64)", cpu_plain, "<= 0.3 ms", cpu_plain <= 0.3),
+        # The issue gives one CPU target and does not say at which concurrency; its bare proxy's "about 0.1 ms"
+        # is a figure under load (here the bare proxy uses ~0.13-0.16 ms at c=64, ~0.25 ms at c=1). Both are checked.
+        ("CPU per non-streamed request, c=64", cpu64, "<= 0.3 ms", cpu64 <= 0.3),
+        ("CPU per non-streamed request, c=1", cpu1, "<= 0.3 ms", cpu1 <= 0.3),
         ("peak RSS (all gateway processes)", rss_mb, "<= 100 MB", rss_mb <= 100),
         ("start to first answered call", start_s, "< 1 s", start_s < 1.0),
     ]

@@ -11,7 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from overhead import Point, beyond_bare_report, print_report  # noqa: E402
+from overhead import Point, beyond_bare_report, print_report, targets_report  # noqa: E402
 from procs import WrkResult  # noqa: E402
 
 
@@ -72,3 +72,15 @@ def test_the_reading_against_the_bare_proxy(capsys: pytest.CaptureFixture[str]) 
 
 def test_no_reading_without_the_bare_proxy() -> None:
     assert beyond_bare_report([row("gateway", 1, 1500, 0.55, 0.64), row("gateway", 64, 5000, 10.0, 0.36)]) == []
+
+
+def test_the_cpu_target_is_checked_at_both_concurrencies() -> None:
+    """One CPU target (0.3 ms), two verdicts: under load (c=64) and one call at a time (c=1)."""
+    rows = [{**row("gateway", c, 1000, 0.4, cpu), "stream": stream} for c, cpu in ((1, 0.62), (64, 0.27))
+            for stream in (False, True)]  # fmt: skip
+    for r in rows:
+        r["share_of_direct"] = 0.2
+    out = {t["target"]: t for t in targets_report(rows, 60.0, 0.3)}
+    assert out["CPU per non-streamed request, c=64"]["met"] is True
+    assert out["CPU per non-streamed request, c=1"]["met"] is False
+    assert out["CPU per non-streamed request, c=1"]["value"] == 0.62
