@@ -318,7 +318,7 @@ def beyond_bare_report(rows: list[dict[str, object]]) -> list[dict[str, object]]
     most_cpu = 0.3 - ISSUE_BARE["cpu_ms_per_request"]
     added = gw(1, False, "added_p50_ms") - bare(1, False, "added_p50_ms")
     share = 100 * gw(64, False, "rps") / bare(64, False, "rps")
-    checks = [
+    checks: list[tuple[str, float, str, bool]] = [
         ("added p50 beyond the bare proxy, c=1", added, f"<= {most_ms:.2f} ms", added <= most_ms),
         ("throughput as a share of the bare proxy's, c=64", share, f">= {least_pct:.0f} %", share >= least_pct),
     ]
@@ -326,11 +326,20 @@ def beyond_bare_report(rows: list[dict[str, object]]) -> list[dict[str, object]]
         extra = gw(c, False, "cpu_ms_per_request") - bare(c, False, "cpu_ms_per_request")
         name = f"CPU per request beyond the bare proxy, c={c}"
         checks.append((name, extra, f"<= {most_cpu:.1f} ms", extra <= most_cpu))
-    print("against this run's bare proxy (a second reading; the targets above decide)")
+    title = "against this run's bare proxy (a second reading; the targets above decide)"
+    return _verdicts(title, checks, ("reading", "within"), ("within", "over"))
+
+
+def _verdicts(
+    title: str, checks: list[tuple[str, float, str, bool]], keys: tuple[str, str], words: tuple[str, str]
+) -> list[dict[str, object]]:
+    """Print ``title`` and one line per check (name, value, goal, verdict); return them as JSON rows whose name
+    and verdict are under ``keys``."""
+    print(title)
     out: list[dict[str, object]] = []
-    for name, value, goal, within in checks:
-        print(f"  {name:<50} {value:9.3f}  {goal:<10} {'within' if within else 'over'}")
-        out.append({"reading": name, "value": round(value, 4), "goal": goal, "within": within})
+    for name, value, goal, ok in checks:
+        print(f"  {name:<50} {value:9.3f}  {goal:<10} {words[0] if ok else words[1]}")
+        out.append({keys[0]: name, "value": round(value, 4), "goal": goal, keys[1]: ok})
     return out
 
 
@@ -360,12 +369,7 @@ def targets_report(rows: list[dict[str, object]], rss_mb: float, start_s: float)
         ("peak RSS (all gateway processes)", rss_mb, "<= 100 MB", rss_mb <= 100),
         ("start to first answered call", start_s, "< 1 s", start_s < 1.0),
     ]
-    print("targets")
-    out: list[dict[str, object]] = []
-    for name, value, goal, met in checks:
-        print(f"  {name:<50} {value:9.3f}  {goal:<10} {'met' if met else 'NOT MET'}")
-        out.append({"target": name, "value": round(value, 4), "goal": goal, "met": met})
-    return out
+    return _verdicts("targets", checks, ("target", "met"), ("met", "NOT MET"))
 
 
 def main() -> int:

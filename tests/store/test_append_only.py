@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,15 @@ import pytest
 
 from fairmeter.ledger.model import TransferKind, TransferState
 from fairmeter.ledger.verify import verify_books
-from fairmeter.store import Store, admin_sql, open_store
-from fairmeter.store.records import CallEnd, CallStart
+from fairmeter.store import Store, open_store
+from fairmeter.store.records import CallStart
 
 pytest_plugins = ("tests.pg",)
 DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
 
-USD = 1_000_000_000
-NOW = 1_795_000_000.0
-PLAN = {
-    "name": "sub",
-    "windows": [{"name": "5h", "kind": "block", "hours": 5, "limit_usd": "0.5"}],
-    "spill_to_credits": True,
-    "overage_enabled": True,
-}
+from make_pre_m003 import NOW, USD, call, end, subscriber  # noqa: E402  (the old database's own set-up)
+
 RESOLUTIONS = ("post", "void", "expire")
 
 
@@ -56,31 +52,6 @@ def with_store(url: str, body: Callable[[Store], Awaitable[Any]]) -> Any:
 async def raw_transfers(store: Store) -> list[dict[str, Any]]:
     """Every column of every transfer row as stored, in id order."""
     return await store.run(lambda tx: tx.fetch("SELECT * FROM transfers ORDER BY id"))
-
-
-async def subscriber(store: Store) -> tuple[str, str]:
-    """A key whose payer holds from a subscription window, a grant, purchased credits and overage (in that
-    order), so one call's hold spans several buckets; returns (key id, payer id)."""
-    await store.run(lambda tx: admin_sql.create_org(tx, "o", "test", NOW))
-    await store.run(lambda tx: admin_sql.put_plan(tx, dict(PLAN), "test", NOW))
-    payer = (await store.run(lambda tx: admin_sql.create_payer(tx, "o", None, "sub", {}, "test", NOW)))["id"]
-    await store.run(lambda tx: admin_sql.add_grant(tx, payer, USD // 5, "promo", "test", NOW, expires_at=NOW + 9e5))
-    await store.run(lambda tx: admin_sql.topup(tx, payer, USD // 5, "inv", "test", NOW))
-    key, _ = await store.create_key("k", None, False, NOW)
-    await store.run(lambda tx: admin_sql.assign_key(tx, key.id, "o", None, "test", "test", NOW))
-    return key.id, payer
-
-
-def call(n: int, key_id: str, payer: str, reserved: int) -> CallStart:
-    return CallStart(
-        id=f"call_{n:04d}", key_id=key_id, provider="openai", api="chat", model="m", stream=False, reserved=reserved,
-        estimate=reserved // 4, prices_json=None, price_source=None, idempotency_key=None, started_at=NOW + n,
-        lease_owner="gw-a", lease_expires_at=NOW + 600, payer_id=payer, tokens=1_000,
-    )  # fmt: skip
-
-
-def end(billed: int) -> CallEnd:
-    return CallEnd("ok", 200, "complete", None, str(billed), billed, False, None, NOW + 1, tokens=10)
 
 
 def path(row: dict[str, Any]) -> tuple[str, str, str]:

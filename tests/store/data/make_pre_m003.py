@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from fairmeter.store import admin_sql, open_store
+from fairmeter.store import Store, admin_sql, open_store
 from fairmeter.store.records import CallEnd, CallStart
 
 USD = 1_000_000_000
@@ -25,9 +25,9 @@ PLAN = {
 }
 
 
-def call(n: int, key_id: str, payer: str, reserved: int) -> CallStart:
+def call(n: int, key_id: str, payer: str, reserved: int, prefix: str = "call_") -> CallStart:
     return CallStart(
-        id=f"call_old{n:04d}", key_id=key_id, provider="openai", api="chat", model="m", stream=False,
+        id=f"{prefix}{n:04d}", key_id=key_id, provider="openai", api="chat", model="m", stream=False,
         reserved=reserved, estimate=reserved // 4, prices_json=None, price_source=None, idempotency_key=None,
         started_at=NOW + n, lease_owner="gw-old", lease_expires_at=NOW + 600, payer_id=payer, tokens=1000,
     )  # fmt: skip
@@ -37,8 +37,10 @@ def end(billed: int) -> CallEnd:
     return CallEnd("ok", 200, "complete", None, str(billed), billed, False, None, NOW + 1, tokens=10)
 
 
-async def main(path: str) -> None:
-    store = open_store(f"sqlite:///{path}", NOW)
+async def subscriber(store: Store) -> tuple[str, str]:
+    """A key whose payer holds from a subscription window, a grant, purchased credits and overage (in that
+    order), so one call's hold spans several buckets; returns (key id, payer id). (tests/store/test_append_only.py
+    uses it too.)"""
     await store.run(lambda tx: admin_sql.create_org(tx, "o", "test", NOW))
     await store.run(lambda tx: admin_sql.put_plan(tx, dict(PLAN), "test", NOW))
     payer = (await store.run(lambda tx: admin_sql.create_payer(tx, "o", None, "sub", {}, "test", NOW)))["id"]
@@ -46,7 +48,13 @@ async def main(path: str) -> None:
     await store.run(lambda tx: admin_sql.topup(tx, payer, USD // 5, "inv", "test", NOW))
     key, _ = await store.create_key("k", None, False, NOW)
     await store.run(lambda tx: admin_sql.assign_key(tx, key.id, "o", None, "test", "test", NOW))
-    calls = [call(n, key.id, payer, 3 * USD // 10) for n in range(6)]
+    return key.id, payer
+
+
+async def main(path: str) -> None:
+    store = open_store(f"sqlite:///{path}", NOW)
+    key_id, payer = await subscriber(store)
+    calls = [call(n, key_id, payer, 3 * USD // 10, prefix="call_old") for n in range(6)]
     for c in calls:
         assert (await store.begin_call(c, 86_400)).kind == "held"
     await store.finish_call(calls[0].id, end(2 * USD // 10), NOW + 2)
