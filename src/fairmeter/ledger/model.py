@@ -75,7 +75,7 @@ class Account:
 class Transfer:
     """One ledger entry: ``amount`` moves from ``debit_account`` to ``credit_account``.
 
-    ``state``: as written, except a hold's as read through `with_outcomes` (what its call's resolution made of it).
+    ``state``: as written, except a hold's as read through `with_outcomes` (what the transfer resolving it made of it).
     """
 
     id: int
@@ -88,7 +88,7 @@ class Transfer:
     state: TransferState
 
 
-# What a resolution does to its call's holds, by its kind.
+# What a resolution does to the hold it references, by its kind.
 _OUTCOMES = {TransferKind.POST: TransferState.POSTED, TransferKind.VOID: TransferState.VOIDED,
              TransferKind.EXPIRE: TransferState.EXPIRED}  # fmt: skip
 

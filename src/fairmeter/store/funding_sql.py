@@ -509,7 +509,7 @@ def funding_ctes(shape: Shape, first: int, gate: str = "") -> str:
             n += len(types)
         out.append(f",\n{name} AS (\n    INSERT INTO {target}\n    SELECT * FROM (VALUES {', '.join(values)}) AS v"
                    f" {gate}\n    {conflict}\n)")  # fmt: skip
-    if shape[4]:
+    if shape[4]:  # the resolutions select from a join: the gate joins its condition
         gated = " AND " + gate.removeprefix("WHERE ") if gate else ""
         out.append(f",\nres AS (\n    {resolve_sql(n, shape[4], True, gated)}\n)")
     return "".join(out)
