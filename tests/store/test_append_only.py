@@ -193,3 +193,34 @@ def test_a_database_from_before_m003_upgrades_and_its_old_holds_keep_their_outco
             await store.run(lambda tx: tx.execute("UPDATE transfers SET state = 'pending'"))
 
     with_store(url, body)
+
+
+def test_racing_settlements_of_one_call_resolve_each_hold_once(url: str) -> None:
+    """Two processes settle the same calls (the one that held them, with its plan; another, from the record),
+    in both orders and at once: one settlement applies per call, and with it one resolution per hold, both legs."""
+
+    async def body(held_by: Store) -> None:
+        key_id, payer = await subscriber(held_by)
+        calls = [call(n, key_id, payer, 3 * USD // 10) for n in range(6)]
+        for c in calls:
+            assert (await held_by.begin_call(c, 86_400)).kind == "held"
+        other = open_store(url, NOW)
+        try:
+            # the other process first: the holder's planned settlement then finds the call settled
+            for c in calls[:2]:
+                await other.finish_call(c.id, end(USD // 7), NOW + 2)
+                assert await held_by.finish_call(c.id, end(USD // 10), NOW + 2) == 0
+            for c in calls[2:4]:  # the holder first
+                await held_by.finish_call(c.id, end(USD // 10), NOW + 2, void=c is calls[3])
+                await other.finish_call(c.id, end(USD // 7), NOW + 2)
+            await asyncio.gather(  # at once
+                *(held_by.finish_call(c.id, end(USD // 10), NOW + 2) for c in calls[4:]),
+                *(other.finish_call(c.id, end(USD // 7), NOW + 2) for c in calls[4:]),
+            )
+        finally:
+            await other.close()
+        check_resolutions(await raw_transfers(held_by), {c.id for c in calls})
+        balanced, _, problems = verify_books(await held_by.accounts(), await held_by.transfers())
+        assert balanced, problems
+
+    with_store(url, body)
