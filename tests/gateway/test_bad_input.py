@@ -337,6 +337,7 @@ def test_malformed_body_is_refused(
         ("GET", "/v1/messages", "anthropic", "POST"),
         ("DELETE", "/v1/messages/count_tokens", "anthropic", "POST"),
         ("POST", "/v1/models", "openai", "GET"),
+        ("POST", "/healthz", "openai", "GET, HEAD"),
     ],
 )
 def test_a_route_asked_with_another_method_is_405(
@@ -356,13 +357,25 @@ def test_a_route_asked_with_another_method_is_405(
     assert reply.status == 405
     err = error_of(provider, reply)
     assert err["code"] == "method_not_allowed"
-    assert err["message"] == f"{path} takes {allow}, not {method}."
+    assert err["message"] == f"{path} takes {allow.replace(', ', ' or ')}, not {method}."
     assert reply.headers["allow"] == allow
     assert reply.headers["x-should-retry"] == "false"
     assert reply.headers["fairmeter-call-id"].startswith("call_")
     assert emulator.stats()["tags"].get(tag) is None, "a refused request reached the upstream"
     assert gateway.store.key_spend(key_id) == (0, 0)
     assert gateway.calls() == [] and gateway.store.transfers() == []
+
+
+def test_the_health_check_answers_get_and_head(gateway: Gw) -> None:
+    """GET and HEAD answer 200 (HEAD without a body); any other method is the 405 above."""
+    for method, body in (("GET", b'{"ok":true}'), ("HEAD", b"")):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
+        try:
+            conn.request(method, "/healthz")
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, body)
+        finally:
+            conn.close()
 
 
 def test_background_responses_are_refused(gateway: Gw, emulator: EmulatorServer) -> None:

@@ -36,8 +36,15 @@ ROUTES: dict[str, Route] = {
 # The routes forwarded free of charge: path → (method, provider, api).
 _FREE = {"/v1/messages/count_tokens": ("POST", "anthropic", "count_tokens"), "/v1/models": ("GET", "openai", "models")}
 
-# Every provider route and the one method it takes (another method answers 405 with an Allow header).
-_METHODS = {**dict.fromkeys(ROUTES, "POST"), **{path: free[0] for path, free in _FREE.items()}}
+# The health check's methods (a load balancer may ask with either).
+_HEALTH = ("GET", "HEAD")
+
+# Every route of the gateway's own and the methods it takes (another method answers 405 with an Allow header).
+_METHODS = {
+    **dict.fromkeys(ROUTES, ("POST",)),
+    **{path: (free[0],) for path, free in _FREE.items()},
+    "/healthz": _HEALTH,
+}
 
 
 class Gateway:
@@ -65,13 +72,13 @@ class Gateway:
             await handle_admin(self.state, scope, receive, send)
         elif path.startswith("/fairmeter/v1/"):
             await handle_api(self.state, scope, send)
-        elif path == "/healthz":
+        elif path == "/healthz" and scope["method"] in _HEALTH:
             await send_whole(send, 200, [(b"content-type", b"application/json")], b'{"ok":true}')
         else:
             provider = "anthropic" if path.startswith("/v1/messages") else "openai"
             allow = _METHODS.get(path)
             exc: FairmeterError = (
-                MethodNotAllowed(scope["method"], path, [allow])
+                MethodNotAllowed(scope["method"], path, list(allow))
                 if allow is not None
                 else NotFound(f"{scope['method']} {path} is not a fairmeter route.")
             )
