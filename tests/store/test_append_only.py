@@ -163,7 +163,7 @@ def test_postgres_refuses_to_truncate_the_transfers(pg_url: str) -> None:
 
 def test_a_database_from_before_m003_upgrades_and_its_old_holds_keep_their_outcomes(tmp_path: Path) -> None:
     """``data/pre_m003.db`` was made by the code before migration m003 (``data/make_pre_m003.py``, at commit
-    5234c28): four calls resolved by updating their holds' state (funding postings referencing nothing), two
+    fe30fc0): four calls resolved by updating their holds' state (funding postings referencing nothing), two
     pending. Opened now, it takes the triggers, verifies clean, and its pending calls settle the new way."""
     path = tmp_path / "old.db"
     shutil.copy(DATA / "pre_m003.db", path)

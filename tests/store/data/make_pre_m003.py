@@ -1,6 +1,6 @@
-"""How ``pre_m003.db`` was made: run with the package as it was before migration m003 (commit 5234c28), e.g.
+"""How ``pre_m003.db`` was made: run with the package as it was before migration m003 (commit fe30fc0), e.g.
 
-    git worktree add /tmp/old 5234c28 && PYTHONPATH=/tmp/old/src .venv/bin/python tests/store/data/make_pre_m003.py OUT
+    git worktree add /tmp/old fe30fc0 && PYTHONPATH=/tmp/old/src .venv/bin/python tests/store/data/make_pre_m003.py OUT
 
 Four calls of a subscriber (a 5-hour window, a grant, purchased credits and overage) resolved the old way, by
 updating their holds' state: settled below its hold, voided, settled above it (an overrun), lapsed (expired);
