@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairmeter.ledger.model import Transfer, TransferKind, TransferState, check_hold, settlement_for, with_outcomes
+from fairmeter.ledger.model import (
+    Account,
+    Transfer,
+    TransferKind,
+    TransferState,
+    check_hold,
+    settlement_for,
+    with_outcomes,
+)
 from fairmeter.ledger.verify import verify_books
 from fairmeter.store import open_store
 from fairmeter.store.records import DEFAULT_PAYER, CallEnd, CallStart
@@ -181,3 +189,19 @@ def test_verify_detects_a_tampered_balance(tmp_path: Path) -> None:
     balanced, _, problems = verify_books(asyncio.run(store.accounts()), asyncio.run(store.transfers()))
     assert not balanced
     assert {p.kind for p in problems} >= {"unbalanced", "balance_mismatch"}
+
+
+@given(kind=st.sampled_from([TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE]), amount=st.integers(0, 5))
+def test_verify_finds_a_hold_resolved_twice_or_a_resolution_of_nothing(kind: TransferKind, amount: int) -> None:
+    """Balanced accounts do not hide a second resolution of a hold, nor one that names no hold of its call."""
+    hold = Transfer(1, "c1", TransferKind.HOLD, "key:k", "provider:p", 5, None, TransferState.PENDING)
+    post = Transfer(2, "c1", TransferKind.POST, "key:k", "provider:p", 3, 1, TransferState.POSTED)
+    other = Transfer(3, "c2", TransferKind.HOLD, "key:k", "provider:p", 5, None, TransferState.PENDING)
+    accounts = [Account("key:k", None, 5, 3, 0, 0), Account("provider:p", None, 0, 0, 5, 3)]
+    assert verify_books(accounts, with_outcomes([hold, post, other]))[:2] == (True, True)
+    again = Transfer(4, "c1", kind, "key:k", "provider:p", amount, 1, TransferState.POSTED)
+    balanced, _, problems = verify_books(accounts, with_outcomes([hold, post, other, again]))
+    assert not balanced and "resolved_twice" in {p.kind for p in problems}
+    stray = Transfer(4, "c1", kind, "key:k", "provider:p", amount, 3, TransferState.POSTED)  # c2's hold
+    balanced, _, problems = verify_books(accounts, with_outcomes([hold, post, other, stray]))
+    assert not balanced and "dangling_resolution" in {p.kind for p in problems}

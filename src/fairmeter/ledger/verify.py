@@ -14,7 +14,9 @@ from fairmeter.record import record
 class Problem:
     """One thing wrong with (or worth reconciling in) the books."""
 
-    kind: str  # unbalanced | balance_mismatch | cap_exceeded | overrun | needs_reconciliation
+    # unbalanced | balance_mismatch | resolved_twice | dangling_resolution | cap_exceeded | overrun |
+    # needs_reconciliation
+    kind: str
     message: str
     account: str | None = None
     call_id: str | None = None
@@ -39,12 +41,39 @@ def _expected_balances(transfers: Iterable[Transfer]) -> dict[str, list[Nano]]:
     return out
 
 
+_RESOLVING = (TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE)
+
+
+def _resolutions(transfers: list[Transfer]) -> list[Problem]:
+    """A hold is resolved at most once, by a transfer of its own call; a resolution names a hold."""
+    holds = {t.id: t for t in transfers if t.kind is TransferKind.HOLD}
+    by_hold: dict[int, list[Transfer]] = defaultdict(list)
+    out = []
+    for t in transfers:
+        if t.kind not in _RESOLVING or t.pending_id is None:
+            continue
+        hold = holds.get(t.pending_id)
+        if hold is None or hold.call_id != t.call_id:
+            out.append(Problem("dangling_resolution", f"transfer {t.id} ({t.kind}) of call {t.call_id} resolves "
+                               f"{t.pending_id}, which is not a hold of that call", call_id=t.call_id))  # fmt: skip
+        else:
+            by_hold[hold.id].append(t)
+    for hold_id, resolved in by_hold.items():
+        if len(resolved) > 1:
+            ids = ", ".join(str(t.id) for t in resolved)
+            call = holds[hold_id].call_id
+            out.append(Problem("resolved_twice", f"hold {hold_id} of call {call} is resolved {len(resolved)} times "
+                               f"(transfers {ids}); a hold is resolved once", call_id=call))  # fmt: skip
+    return out
+
+
 def verify_books(accounts: Iterable[Account], transfers: Iterable[Transfer]) -> tuple[bool, bool, list[Problem]]:
     """Return (balanced, caps_ok, problems).
 
-    *balanced*: total debits equal total credits, pending and posted separately, and every account's
-    stored balances equal what its transfers add up to. *caps_ok*: no account's posted + pending
-    debits exceed its cap, overruns aside (they are listed, not hidden).
+    *balanced*: total debits equal total credits, pending and posted separately, every account's stored
+    balances equal what its transfers add up to, and every resolution names a hold of its call that nothing
+    else resolves. *caps_ok*: no account's posted + pending debits exceed its cap, overruns aside (they are
+    listed, not hidden).
     """
     accounts = list(accounts)
     transfers = list(transfers)
@@ -76,6 +105,9 @@ def verify_books(accounts: Iterable[Account], transfers: Iterable[Transfer]) -> 
                     account=a.id,
                 )
             )
+    for problem in _resolutions(transfers):
+        balanced = False
+        problems.append(problem)
     overrun_by_account: dict[str, Nano] = defaultdict(int)
     for t in transfers:
         if t.kind is TransferKind.OVERRUN:
