@@ -10,10 +10,12 @@ from fairmeter.store.protocol import Store
 
 
 async def verify_store(store: Store) -> dict[str, Any]:
-    """``{"balanced", "caps_ok", "problems": [...]}`` over the whole ledger."""
-    balanced, caps_ok, problems = verify_books(await store.accounts(), await store.transfers())
+    """``{"balanced", "caps_ok", "problems": [...]}`` over the whole ledger, as of one instant (`Store.books`): safe
+    to run while gateways write."""
+    books = await store.books()
+    balanced, caps_ok, problems = verify_books(books.accounts, books.transfers)
     flagged = {p.call_id for p in problems if p.kind == "overrun"}
-    for row in await store.reconciliation_calls():
+    for row in books.reconciliation:
         if row["id"] in flagged:
             continue
         problems.append(
@@ -27,6 +29,6 @@ async def verify_store(store: Store) -> dict[str, Any]:
     return {
         "balanced": balanced,
         "caps_ok": caps_ok,
-        "pending_calls": await store.pending_count(),
+        "pending_calls": books.pending_calls,
         "problems": [p.to_json() for p in problems],
     }

@@ -652,5 +652,12 @@ def test_books_balance_over_a_mix_of_outcomes(backend: tuple[str, str]) -> None:
         assert set(kinds) == {"overrun"}
         accounts = {a.id for a in await store.accounts()}
         assert {"provider:openai", "provider:anthropic"} <= accounts
+        books = await store.books()  # the same reads, in one snapshot
+        assert sorted(books.accounts, key=lambda a: a.id) == sorted(await store.accounts(), key=lambda a: a.id)
+        assert books.transfers == await store.transfers()
+        assert books.pending_calls == await store.pending_count() > 0
+        assert sorted(r["id"] for r in books.reconciliation) == sorted(
+            r["id"] for r in await store.reconciliation_calls()
+        )
 
     run(backend, body)

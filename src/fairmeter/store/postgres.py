@@ -47,7 +47,7 @@ from fairmeter.store.funding_sql import (
 )
 from fairmeter.store.pg_migrations import apply_migrations
 from fairmeter.store.pg_tx import Conn, PgTx
-from fairmeter.store.protocol import CallPage, LapsedCall, Store
+from fairmeter.store.protocol import Books, CallPage, LapsedCall, Store
 from fairmeter.store.records import (
     DEFAULT_ORG,
     CallEnd,
@@ -513,32 +513,54 @@ class PostgresStore:
         return [dict(r) for r in await (await self.pool()).fetch(sql, *args)]
 
     async def accounts(self) -> list[Account]:
-        """Every account; a provider's shards (``provider:P/0`` … ``/15``) read back as ``provider:P``."""
-        rows = await (await self.pool()).fetch(
-            "SELECT regexp_replace(id, '/[0-9]+$', '') AS id, max(cap_nano) AS cap, sum(debits_pending) AS dp,"
-            " sum(debits_posted) AS dpo, sum(credits_pending) AS cp, sum(credits_posted) AS cpo FROM accounts"
-            " GROUP BY 1 ORDER BY 1"
-        )
-        return [Account(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+        return await _accounts(await self.pool())
 
     async def transfers(self) -> list[Transfer]:
-        rows = await (await self.pool()).fetch(
-            "SELECT id, call_id, kind, regexp_replace(debit_account, '/[0-9]+$', ''),"
-            " regexp_replace(credit_account, '/[0-9]+$', ''), amount, pending_id, state FROM transfers ORDER BY id"
-        )
-        return with_outcomes(
-            Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7])) for r in rows
-        )
+        return await _transfers(await self.pool())
 
     async def pending_count(self) -> int:
         """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
-        return int(await (await self.pool()).fetchval("SELECT count(*) FROM calls WHERE status = 'pending'"))
+        return await _pending_count(await self.pool())
 
     async def reconciliation_calls(self) -> list[dict[str, Any]]:
-        rows = await (await self.pool()).fetch(
-            "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1 ORDER BY id"
-        )
-        return [dict(r) for r in rows]
+        return await _reconciliation(await self.pool())
+
+    async def books(self) -> Books:
+        """One REPEATABLE READ, READ ONLY transaction: every read of it sees the snapshot of its first."""
+        async with (await self.pool()).acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            return Books(await _accounts(conn), await _transfers(conn), await _pending_count(conn),
+                         await _reconciliation(conn))  # fmt: skip
+
+
+async def _accounts(db: asyncpg.Pool | Conn) -> list[Account]:
+    """Every account; a provider's shards (``provider:P/0`` … ``/15``) read back as ``provider:P``."""
+    rows = await db.fetch(
+        "SELECT regexp_replace(id, '/[0-9]+$', '') AS id, max(cap_nano) AS cap, sum(debits_pending) AS dp,"
+        " sum(debits_posted) AS dpo, sum(credits_pending) AS cp, sum(credits_posted) AS cpo FROM accounts"
+        " GROUP BY 1 ORDER BY 1"
+    )
+    return [Account(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
+
+async def _transfers(db: asyncpg.Pool | Conn) -> list[Transfer]:
+    rows = await db.fetch(
+        "SELECT id, call_id, kind, regexp_replace(debit_account, '/[0-9]+$', ''),"
+        " regexp_replace(credit_account, '/[0-9]+$', ''), amount, pending_id, state FROM transfers ORDER BY id"
+    )
+    return with_outcomes(
+        Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7])) for r in rows
+    )
+
+
+async def _pending_count(db: asyncpg.Pool | Conn) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM calls WHERE status = 'pending'"))
+
+
+async def _reconciliation(db: asyncpg.Pool | Conn) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1 ORDER BY id"
+    )
+    return [dict(r) for r in rows]
 
 
 async def _hold(

@@ -44,6 +44,17 @@ class CallPage:
     cursor: tuple[float, str] | None = None  # float-ok: seconds; (started_at, id) of the previous page's last row
 
 
+@record
+class Books:
+    """What `fairmeter verify` checks, all as of one instant: the accounts, the transfers, how many calls are
+    pending, and the calls flagged for reconciliation (``id``, ``status``, ``billed_nano``, ``overrun_nano``)."""
+
+    accounts: list[Account]
+    transfers: list[Transfer]
+    pending_calls: int
+    reconciliation: list[dict[str, Any]]
+
+
 class Store(Protocol):
     """Keys, the ledger and the call records."""
 
@@ -123,6 +134,11 @@ class Store(Protocol):
     async def pending_count(self) -> int: ...
 
     async def reconciliation_calls(self) -> list[dict[str, Any]]: ...
+
+    async def books(self) -> Books:
+        """The four reads above in one read-only snapshot, so a check of the books while gateways write is never
+        fooled by a commit that landed between two of its reads."""
+        ...
 
     # ---- everything else ---------------------------------------------------------------------
     async def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:

@@ -49,7 +49,7 @@ from fairmeter.store.funding_sql import (
     settle_funding,
 )
 from fairmeter.store.migrations import apply_migrations
-from fairmeter.store.protocol import CallPage, LapsedCall
+from fairmeter.store.protocol import Books, CallPage, LapsedCall
 from fairmeter.store.records import (
     DEFAULT_ORG,
     CallEnd,
@@ -675,37 +675,61 @@ class SQLiteStore:
         return [dict(r) for r in self._execute(sql, tuple(args))]
 
     async def accounts(self) -> list[Account]:
+        return self._accounts(self.db.cursor())
+
+    async def transfers(self) -> list[Transfer]:
+        return self._transfers(self.db.cursor())
+
+    async def pending_count(self) -> int:
+        """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
+        return self._pending_count(self.db.cursor())
+
+    async def books(self) -> Books:
+        """One read transaction: in WAL mode every read of it sees the database as of its first read."""
+        cur = self.db.cursor()
+        self._execute("BEGIN", cur=cur)  # deferred: a read transaction, which takes no lock from the writers
+        try:
+            return Books(self._accounts(cur), self._transfers(cur), self._pending_count(cur), self._reconciliation(cur))
+        finally:
+            cur.execute("COMMIT")
+
+    def _accounts(self, cur: sqlite3.Cursor) -> list[Account]:
         return [
             Account(r[0], r[1], r[2], r[3], r[4], r[5])
             for r in self._execute(
-                "SELECT id, cap_nano, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
-            )
+                "SELECT id, cap_nano, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts",
+                cur=cur,
+            ).fetchall()
         ]
 
-    async def transfers(self) -> list[Transfer]:
+    def _transfers(self, cur: sqlite3.Cursor) -> list[Transfer]:
         return with_outcomes(
             Transfer(r[0], r[1], TransferKind(r[2]), r[3], r[4], r[5], r[6], TransferState(r[7]))
             for r in self._execute(
                 "SELECT id, call_id, kind, debit_account, credit_account, amount, pending_id, state"
-                " FROM transfers ORDER BY id"
-            )
+                " FROM transfers ORDER BY id",
+                cur=cur,
+            ).fetchall()
         )
 
-    async def pending_count(self) -> int:
-        """Calls whose hold is still pending (in flight, or lapsed and not yet resolved)."""
-        return int(self._execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'").fetchone()[0])
+    def _pending_count(self, cur: sqlite3.Cursor) -> int:
+        return int(self._execute("SELECT COUNT(*) FROM calls WHERE status = 'pending'", cur=cur).fetchone()[0])
+
+    def _reconciliation(self, cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self._execute(
+                "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1",
+                cur=cur,
+            ).fetchall()
+        ]
 
     async def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         with self.transaction():
             return run_now(op(SQLiteTx(self.db)))
 
     async def reconciliation_calls(self) -> list[dict[str, Any]]:
-        return [
-            dict(r)
-            for r in self._execute(
-                "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1"
-            )
-        ]
+        return self._reconciliation(self.db.cursor())
 
 
 def _key(row: sqlite3.Row) -> KeyRecord:
