@@ -39,7 +39,7 @@ from fairmeter.ledger.windows import Unit, WindowSpec, period_bounds, window_sta
 from fairmeter.money import Nano, usd_str
 from fairmeter.record import record
 from fairmeter.store.records import DEFAULT_ORG, DEFAULT_PAYER, HoldOutcome, iso
-from fairmeter.store.sql import Row, Tx, row_chunks, values_sql
+from fairmeter.store.sql import Row, Tx, row_chunks, values_list, values_sql
 
 DEFAULT_PLAN = "payg"
 
@@ -478,13 +478,8 @@ _RESOLVE_TAIL = (
 def resolve_sql(first: int, rows: int, typed: bool, gate: str = "") -> str:
     """The funding holds' resolutions for ``rows`` rows of parameters from ``$first`` (``typed``: with PostgreSQL
     casts); ``gate`` is added to the join's condition (``AND EXISTS (…)``)."""
-    n = len(_RESOLVE_TYPES)
-    values = ", ".join(
-        "(" + ", ".join(f"${first + r * n + i}" + (f"::{t}" if typed else "") for i, t in enumerate(_RESOLVE_TYPES))
-        + ")"
-        for r in range(rows)
-    )  # fmt: skip
-    return f"{_RESOLVE_HEAD}{values}{_RESOLVE_TAIL}{gate}"
+    types = _RESOLVE_TYPES if typed else (None,) * len(_RESOLVE_TYPES)
+    return f"{_RESOLVE_HEAD}{values_list(first, types, rows)}{_RESOLVE_TAIL}{gate}"
 
 
 @lru_cache(maxsize=256)
@@ -503,11 +498,9 @@ def funding_ctes(shape: Shape, first: int, gate: str = "") -> str:
     for rows, (name, target, types, conflict) in zip(shape[:4], _PARTS, strict=True):
         if not rows:
             continue
-        values = []
-        for _ in range(rows):
-            values.append("(" + ", ".join(f"${n + i}::{t}" for i, t in enumerate(types)) + ")")
-            n += len(types)
-        out.append(f",\n{name} AS (\n    INSERT INTO {target}\n    SELECT * FROM (VALUES {', '.join(values)}) AS v"
+        values = values_list(n, types, rows)
+        n += len(types) * rows
+        out.append(f",\n{name} AS (\n    INSERT INTO {target}\n    SELECT * FROM (VALUES {values}) AS v"
                    f" {gate}\n    {conflict}\n)")  # fmt: skip
     if shape[4]:  # the resolutions select from a join: the gate joins its condition
         gated = " AND " + gate.removeprefix("WHERE ") if gate else ""

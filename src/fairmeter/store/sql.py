@@ -55,11 +55,20 @@ def row_chunks(rows: Sequence[T]) -> Sequence[Sequence[T]]:
     return [rows[i : i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]
 
 
+def values_list(first: int, types: Sequence[str | None], rows: int) -> str:
+    """``($first, …), (…)``: ``rows`` rows of ``len(types)`` numbered parameters from ``$first``, in row order; a
+    column with a type is cast to it (``$3::bigint``: PostgreSQL needs the casts where it cannot infer a type)."""
+    width = len(types)
+    return ", ".join(
+        "(" + ", ".join(f"${first + r * width + i}" + (f"::{t}" if t else "") for i, t in enumerate(types)) + ")"
+        for r in range(rows)
+    )
+
+
 @lru_cache(maxsize=128)
 def values_sql(head: str, width: int, rows: int, tail: str = "") -> str:
     """``{head} VALUES ($1, …), (…) {tail}``: ``rows`` rows of ``width`` numbered parameters, in row order."""
-    values = ", ".join("(" + ", ".join(f"${r * width + i + 1}" for i in range(width)) + ")" for r in range(rows))
-    return f"{head} VALUES {values} {tail}".rstrip()
+    return f"{head} VALUES {values_list(1, (None,) * width, rows)} {tail}".rstrip()
 
 
 class SQLiteTx:
