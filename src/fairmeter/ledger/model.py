@@ -88,8 +88,8 @@ class Transfer:
     state: TransferState
 
 
-# What a resolution does to the hold it references, by its kind.
-_OUTCOMES = {TransferKind.POST: TransferState.POSTED, TransferKind.VOID: TransferState.VOIDED,
+# The kinds that resolve the hold they reference, and what each makes of it.
+RESOLVED_AS = {TransferKind.POST: TransferState.POSTED, TransferKind.VOID: TransferState.VOIDED,
              TransferKind.EXPIRE: TransferState.EXPIRED}  # fmt: skip
 
 
@@ -98,7 +98,7 @@ def with_outcomes(transfers: Iterable[Transfer]) -> list[Transfer]:
     the ``post``, ``void`` or ``expire`` that references it (an ``overrun`` references the hold too, but resolves
     nothing). A hold nothing references keeps the state it was written with: ``pending``."""
     rows = list(transfers)
-    outcome = {t.pending_id: _OUTCOMES[t.kind] for t in rows if t.pending_id is not None and t.kind in _OUTCOMES}
+    outcome = {t.pending_id: RESOLVED_AS[t.kind] for t in rows if t.pending_id is not None and t.kind in RESOLVED_AS}
     return [replace(t, state=outcome[t.id]) if t.kind is TransferKind.HOLD and t.id in outcome else t for t in rows]
 
 

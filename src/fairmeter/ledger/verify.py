@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from fairmeter.ledger.model import Account, Transfer, TransferKind, TransferState
+from fairmeter.ledger.model import RESOLVED_AS, Account, Transfer, TransferKind, TransferState
 from fairmeter.money import Nano, usd_str
 from fairmeter.record import record
 
@@ -41,16 +41,13 @@ def _expected_balances(transfers: Iterable[Transfer]) -> dict[str, list[Nano]]:
     return out
 
 
-_RESOLVING = (TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE)
-
-
 def _resolutions(transfers: list[Transfer]) -> list[Problem]:
     """A hold is resolved at most once, by a transfer of its own call; a resolution names a hold."""
     holds = {t.id: t for t in transfers if t.kind is TransferKind.HOLD}
     by_hold: dict[int, list[Transfer]] = defaultdict(list)
     out = []
     for t in transfers:
-        if t.kind not in _RESOLVING or t.pending_id is None:
+        if t.kind not in RESOLVED_AS or t.pending_id is None:
             continue
         hold = holds.get(t.pending_id)
         if hold is None or hold.call_id != t.call_id:
