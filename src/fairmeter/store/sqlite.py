@@ -36,6 +36,7 @@ from fairmeter.ledger.model import (
     with_outcomes,
 )
 from fairmeter.money import Nano
+from fairmeter.record import record
 from fairmeter.store.batch import GroupCommitter, LockBusy
 from fairmeter.store.funding_sql import (
     UNREAD_ACCOUNTS,
@@ -127,10 +128,9 @@ class SQLiteStore:
         self._payers: dict[str, Payer] = {}
         self._data_version = -1
         self.committer = GroupCommitter(self._batch_transaction, batch)
-        # Calls this process held: (payer, funding hold, key account, each funding hold's transfer id and bucket by
-        # the bucket's account); their settlement is planned before its statements, and resolves the funding holds
-        # by id, in the spend leg's statement.
-        self._held: dict[str, tuple[str, HeldFunding, str, dict[str, tuple[int, str | None]]]] = {}
+        # Calls this process held: their settlement is planned before its statements, and resolves the funding
+        # holds by id, in the spend leg's statement.
+        self._held: dict[str, _Held] = {}
         # Forwarded marks not yet written, and the calls settled by the transaction now open (`_mark_forwarded`).
         self._forwarded: set[str] = set()
         self._settling: set[str] = set()
@@ -466,7 +466,7 @@ class SQLiteStore:
         if call.payer_id is not None and fh is not None and fh.held is not None:
             first = hold - len(moved) + 1
             ids = {r[2]: (first + i, r[9]) for i, r in enumerate(moved[:-1])}
-            self._held[call.id] = (call.payer_id, fh.held, account, ids)
+            self._held[call.id] = _Held(call.payer_id, fh.held, account, ids)
         db.execute(
             "INSERT INTO calls (id, key_id, provider, api, model, stream, status, reserved_nano, estimate_nano,"
             " prices_json, price_source, idempotency_key, hold_id, lease_owner, lease_expires_at, started_at,"
@@ -526,12 +526,12 @@ class SQLiteStore:
         # A call this process held: its funding settlement is planned first, so the call's record takes the
         # explanation in the same update (else it is settled after, from the record's funding hold).
         planned: Writes | None = None
-        here = self._held.pop(call_id, None)  # (payer, funding hold, key account, funding hold ids)
-        payer = self._payers.get(here[0]) if here is not None else None  # as this transaction knows it, if it does
+        here = self._held.pop(call_id, None)
+        payer = self._payers.get(here.payer_id) if here is not None else None  # as this transaction knows it
         if here is not None:
             planned, done, _, _ = run_now(
-                plan_settlement(self._tx, call_id, here[0], here[2], here[1], Size(actual, end.tokens), now,
-                                void=void, credit_key=False)
+                plan_settlement(self._tx, call_id, here.payer_id, here.account, here.funding, Size(actual, end.tokens),
+                                now, void=void, credit_key=False)
             )  # fmt: skip
             if done is None:
                 planned = None
@@ -569,13 +569,11 @@ class SQLiteStore:
             over = "cost above hold"
             moved.append((call_id, "overrun", debit, credit, split.overrun, hold_id, "posted", over, now, None))
         if planned is not None and here is not None:  # the funding holds' resolutions, in the same statement
-            ids = here[3]
-            for _, bucket_account, key, drawn, at in planned.resolutions:
-                ref, bucket = ids[bucket_account]
+            for _, bucket_account, key, drawn, at in planned.resolutions:  # as funding_sql.resolve_sql writes them
+                ref, bucket = here.hold_ids[bucket_account]
                 how = _POST if drawn else _VOID
                 moved.append((call_id, how, bucket_account, key, drawn, ref, "posted", None, at, bucket))
             planned.resolutions = []
-            moved += _funding_transfers(planned)
         self._insert_transfers(moved)
         funded = row["funding_json"] is not None  # the funding leg credits the key what the spend leg posts
         db.execute(
@@ -737,6 +735,17 @@ def _key(row: sqlite3.Row) -> KeyRecord:
         row["id"], row["name"], row["key_prefix"], bool(row["admin"]), row["max_spend_nano"],
         row["created_at"], row["revoked_at"], row["payer_id"],
     )  # fmt: skip
+
+
+@record
+class _Held:
+    """A call this process held: its payer, funding hold and key account, and each funding hold's transfer id and
+    bucket by the bucket's account."""
+
+    payer_id: str
+    funding: HeldFunding
+    account: str
+    hold_ids: dict[str, tuple[int, str | None]]
 
 
 # A transfer row: call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts, bucket.
