@@ -18,8 +18,8 @@ from fairmeter.config import Config, max_spend_from_cli
 from fairmeter.errors import ConfigError, FairmeterError, InvalidRequest
 from fairmeter.money import usd_str
 from fairmeter.store import Store, run_with
-from fairmeter.store.protocol import CallPage
-from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso, next_cursor, read_cursor
+from fairmeter.store.protocol import CallPage, call_page
+from fairmeter.store.records import CALL_STATUSES, MAX_LIST_LIMIT, call_json, iso, read_cursor
 from fairmeter.tables import print_calls
 
 
@@ -126,8 +126,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
         cursor = read_cursor(args.cursor) if args.cursor is not None else None
     except ValueError as exc:
         raise InvalidRequest(f"--cursor: {exc}; pass the next cursor a listing printed.") from None
-    page = CallPage(args.key, args.limit + 1, since, until, args.status, cursor)
-    found, nxt = next_cursor(run_with(store_of(config_of(args)), lambda s: s.list_calls(page)), args.limit)
+    page = CallPage(args.key, args.limit, since, until, args.status, cursor)
+    found, nxt = run_with(store_of(config_of(args)), lambda s: call_page(s, page))
     rows = [call_json(r) for r in found]
     if args.json:
         print(json.dumps({"data": rows, "next": nxt}))

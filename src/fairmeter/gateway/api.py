@@ -14,14 +14,13 @@ from fairmeter.gateway.errors import render
 from fairmeter.gateway.state import GatewayState
 from fairmeter.money import usd_str
 from fairmeter.store.admin_sql import limits
-from fairmeter.store.protocol import CallPage
+from fairmeter.store.protocol import CallPage, call_page
 from fairmeter.store.records import (
     CALL_STATUSES,
     MAX_LIST_LIMIT,
     KeyRecord,
     call_json,
     explain_json,
-    next_cursor,
     read_cursor,
 )
 
@@ -101,7 +100,5 @@ async def _list(state: GatewayState, key_id: str | None, scope: Scope) -> bytes:
     since = instant(q["since"], "since") if "since" in q else None
     until = instant(q["until"], "until") if "until" in q else None
     cursor = _cursor(q["cursor"]) if "cursor" in q else None
-    rows, nxt = next_cursor(
-        await state.store.list_calls(CallPage(key_id, limit + 1, since, until, status, cursor)), limit
-    )
+    rows, nxt = await call_page(state.store, CallPage(key_id, limit, since, until, status, cursor))
     return orjson.dumps({"data": [call_json(r) for r in rows], "next": nxt})

@@ -12,12 +12,13 @@ Results are codes, not exceptions (TigerBeetle style): a hold that does not fit 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from fairmeter.ledger.model import Account, Transfer
 from fairmeter.money import Nano
 from fairmeter.record import record
-from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord
+from fairmeter.store.records import CallEnd, CallStart, HoldOutcome, KeyRecord, next_cursor
 from fairmeter.store.sql import Tx
 
 T = TypeVar("T")
@@ -144,3 +145,9 @@ class Store(Protocol):
     async def run(self, op: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         """``op`` in one transaction of its own (admin changes, limits, explanations: SQL written once
         for both backends over :class:`fairmeter.store.sql.Tx`)."""
+
+
+async def call_page(store: Store, page: CallPage) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of calls and the cursor of the next (None: the last), as ``GET /fairmeter/v1/calls`` and
+    ``fairmeter calls list`` hand them out: one row more than the page is read, to know whether another follows."""
+    return next_cursor(await store.list_calls(replace(page, limit=page.limit + 1)), page.limit)

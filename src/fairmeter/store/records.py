@@ -143,7 +143,7 @@ USAGE_FIELDS = (
 
 def next_cursor(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
     """A page of ``list_calls`` asked with ``limit + 1`` rows: its first ``limit`` rows, and the cursor of the page
-    after (None: this is the last); the API and ``fairmeter calls list`` hand out the same cursors."""
+    after (None: this is the last); see `fairmeter.store.protocol.call_page`."""
     if len(rows) <= limit:
         return rows, None
     last = rows[limit - 1]
