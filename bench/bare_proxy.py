@@ -9,11 +9,21 @@ gateway, so the gateway's cost can be split into "being a Python proxy at all" a
 ``--client httpx`` uses httpx2 (installed in the venv) instead of aiohttp, to compare the two
 upstream clients on the same workload. Paths are forwarded as they are (``/v1/chat/completions``
 goes to ``UPSTREAM/v1/chat/completions``).
+
+``--ledger FILE`` makes it the floor of a *metering* proxy instead: before forwarding, one SQLite
+transaction (WAL, ``synchronous=NORMAL``, as the gateway) checks a cap and holds a fixed amount
+against it and inserts a call row, and settles, in the same transaction, every call answered since the
+previous one (the smallest design that commits the hold before forwarding: one commit per call at
+concurrency 1, with the settlement riding on the next hold). No parsing, no pricing, no double entry,
+no group commit: `bench/overhead.py --with-floor` reads what two SQL writes and a commit per request
+cost on this machine, beside the bare proxy.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
@@ -104,12 +114,58 @@ class HttpxUpstream:
             await resp.aclose()
 
 
+class FloorLedger:
+    """The least a metering proxy must commit per call (see the module's docstring): a capped hold, a call row,
+    and the settlements of the calls answered since the last commit, in one transaction before forwarding."""
+
+    HOLD, COST = 2_000_000, 700_000  # nano-USD, as bench/ledger.py
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA page_size=1024")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY, cap INTEGER, pending INTEGER, posted INTEGER)"
+        )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS calls (id TEXT PRIMARY KEY, held INTEGER, billed INTEGER, status TEXT)"
+        )
+        self.db.execute("INSERT OR IGNORE INTO account VALUES (1, ?, 0, 0)", (2**62,))
+        self.cur = self.db.cursor()
+        self.answered: list[str] = []
+        self.n = 0
+
+    def hold(self) -> str:
+        self.n += 1
+        call_id = f"{time.time_ns() // 1000:x}{self.n:08x}"
+        cur = self.cur
+        cur.execute("BEGIN IMMEDIATE")
+        cur.execute(
+            "UPDATE account SET pending = pending + ?1 WHERE id = 1 AND posted + pending + ?1 <= cap", (self.HOLD,)
+        )
+        if cur.rowcount != 1:
+            cur.execute("ROLLBACK")
+            raise RuntimeError("cap reached")
+        cur.execute("INSERT INTO calls VALUES (?, ?, 0, 'pending')", (call_id, self.HOLD))
+        for done in self.answered:
+            cur.execute("UPDATE calls SET billed = ?, status = 'ok' WHERE id = ?", (self.COST, done))
+        if self.answered:
+            n = len(self.answered)
+            cur.execute("UPDATE account SET pending = pending - ?, posted = posted + ? WHERE id = 1",
+                        (n * self.HOLD, n * self.COST))  # fmt: skip
+        cur.execute("COMMIT")
+        self.answered = []
+        return call_id
+
+
 class BareProxy:
     """ASGI 3 app: POST anything to the upstream, relay the answer chunk by chunk."""
 
-    def __init__(self, upstream: Upstream, api_key: str) -> None:
+    def __init__(self, upstream: Upstream, api_key: str, ledger: FloorLedger | None = None) -> None:
         self.upstream = upstream
         self.api_key = api_key
+        self.ledger = ledger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -125,6 +181,7 @@ class BareProxy:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k not in DROP_REQUEST}
         headers["authorization"] = "Bearer " + self.api_key
         headers["accept-encoding"] = "identity"
+        call_id = self.ledger.hold() if self.ledger is not None else ""
         stream = self.upstream.forward(scope["path"], headers, body)
         head = await anext(stream)
         assert isinstance(head, tuple)
@@ -135,6 +192,8 @@ class BareProxy:
             assert isinstance(chunk, bytes)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.ledger is not None:
+            self.ledger.answered.append(call_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -165,11 +224,12 @@ def main() -> None:
     p.add_argument("--upstream", required=True, help="origin of the provider, e.g. http://127.0.0.1:8900")
     p.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     p.add_argument("--api-key", default="bench-upstream-key")
+    p.add_argument("--ledger", metavar="FILE", help="SQLite file: hold before forwarding, as a metering proxy must")
     args = p.parse_args()
     base = args.upstream.rstrip("/")
     upstream: Upstream = AiohttpUpstream(base) if args.client == "aiohttp" else HttpxUpstream(base)
     config = uvicorn.Config(
-        BareProxy(upstream, args.api_key),
+        BareProxy(upstream, args.api_key, FloorLedger(args.ledger) if args.ledger else None),
         host=args.host,
         port=args.port,
         loop="uvloop",
@@ -179,7 +239,8 @@ def main() -> None:
         log_level="warning",
         timeout_keep_alive=75,
     )
-    print(f"bare proxy ({args.client}) listening on http://{args.host}:{args.port}", flush=True)
+    what = "with a floor ledger " if args.ledger else ""
+    print(f"bare proxy ({args.client}) {what}listening on http://{args.host}:{args.port}", flush=True)
     uvicorn.Server(config).run()
 
 

@@ -14,12 +14,15 @@ Afterwards the ledger is checked: ``fairmeter verify`` must report balanced book
 recorded must equal the requests wrk sent (completed, plus those in flight when wrk's timer
 stopped, which the gateway still settles). A failed check is the only non-zero exit.
 
-    python bench/overhead.py [--duration 6] [--warmup 2] [--workers N] [--rounds N] [--with-bare] [--compare-clients]
-                             [--json OUT]
+    python bench/overhead.py [--duration 6] [--warmup 2] [--workers N] [--rounds N] [--with-bare] [--with-floor]
+                             [--compare-clients] [--json OUT]
 
 ``--with-bare`` also measures bench/bare_proxy.py (a pass-through proxy with no metering) in the
 same run, and adds a second reading after the targets: fairmeter's cost beyond that proxy, against what the
 targets leave beyond the bare proxy the issue measured on its machine (the targets alone decide).
+``--with-floor`` adds the bare proxy with ``--ledger`` ("floor"): the least a proxy that commits each call's hold
+before forwarding must do (bench/bare_proxy.py), so the CPU target can be read against what such a proxy costs on
+this machine before any parsing, pricing or double entry.
 ``--compare-clients`` adds the bare proxy on httpx2 instead of aiohttp. ``--rounds N`` measures every point N
 times, each round against its own direct run, and reports the medians with their range: on a shared VM whose
 speed drifts within minutes, one round can land a figure on either side of a target.
@@ -43,7 +46,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from procs import BENCH, Server, WrkResult, ensure_wrk, fairmeter_cmd, free_port, machine, run_wrk
+from procs import (
+    BENCH,
+    Server,
+    WrkResult,
+    cpu_ticks,
+    ensure_wrk,
+    fairmeter_cmd,
+    free_port,
+    machine,
+    run_wrk,
+    steal_share,
+)
 
 UPSTREAM_KEY = "bench-upstream-key"
 DATABASES: list[str] = []  # PostgreSQL databases made for this run, dropped at its end unless --keep
@@ -67,6 +81,7 @@ class Point:
     wrk: WrkResult
     cpu_ms_per_request: float | None
     round: int = 0  # with --rounds N: which of the N rounds (each compares with its own direct run)
+    steal_pct: float = 0.0  # the share of the machine's CPU time the VM's host took while it was measured
 
 
 def request_body(stream: bool) -> bytes:
@@ -150,13 +165,13 @@ def measure(
     chunks = STREAM_CHUNKS if stream else None
     warm = run_wrk(url, c, a.warmup, bodies[stream], auth, chunks)
     time.sleep(0.3)  # let calls still in flight from the warm-up settle before the CPU reading
-    before = proc.cpu_ms() if proc else 0.0
+    before, ticks = proc.cpu_ms() if proc else 0.0, cpu_ticks()
     result = run_wrk(url, c, a.duration, bodies[stream], auth, chunks)
     cpu = (proc.cpu_ms() - before) / result.requests if proc and result.requests else None
-    point = Point(target, c, stream, result, cpu, rnd)
+    point = Point(target, c, stream, result, cpu, rnd, steal_share(ticks, cpu_ticks()))
     print(
         f"  {target:<10} c={c:<3} {'stream' if stream else 'plain ':<6} {result.rps:>9.0f} rps"
-        f"  p50 {result.p50_us / 1000:7.2f} ms  p99 {result.p99_us / 1000:7.2f} ms"
+        f"  p50 {result.p50_us / 1000:7.2f} ms  p99 {result.p99_us / 1000:7.2f} ms  steal {point.steal_pct:4.1f} %"
         + (f"  cpu {cpu:.3f} ms/req" if cpu is not None else "")
         + (f"  errors {result.errors}" if result.errors else ""),
         flush=True,
@@ -233,7 +248,7 @@ def print_report(points: list[Point], targets: list[str]) -> list[dict[str, obje
         print(f"medians of {rounds} rounds (each against its own round's direct run); under each, the range")
     print(
         f"{'target':<11}{'conc':>5} {'stream':<7}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'+p50 ms':>9}{'+p99 ms':>9}{'of direct':>10}{'cpu ms/req':>11}"
+        f"{'+p50 ms':>9}{'+p99 ms':>9}{'of direct':>10}{'cpu ms/req':>11}{'steal':>7}"
     )
     for stream in (False, True):
         for c in (1, 64):
@@ -249,6 +264,7 @@ def print_report(points: list[Point], targets: list[str]) -> list[dict[str, obje
                     "added99": [(p.wrk.p99_us - d.wrk.p99_us) / 1000 for d, p in found],
                     "ratio": [p.wrk.rps / d.wrk.rps for d, p in found],
                     "cpu": [p.cpu_ms_per_request for _, p in found if p.cpu_ms_per_request is not None],
+                    "steal": [p.steal_pct for _, p in found],
                 }
                 med = {k: statistics.median(v) if v else None for k, v in per.items()}
                 is_direct = target == "direct"
@@ -263,6 +279,7 @@ def print_report(points: list[Point], targets: list[str]) -> list[dict[str, obje
                     "added_p99_ms": None if is_direct else round(med["added99"] or 0, 3),
                     "share_of_direct": None if is_direct else round(med["ratio"] or 0, 4),
                     "cpu_ms_per_request": None if med["cpu"] is None else round(med["cpu"], 4),
+                    "steal_pct": round(med["steal"] or 0, 1),
                     "requests": sum(p.wrk.requests for _, p in found),
                     "errors": sum(p.wrk.errors for _, p in found),
                     "rounds": {k: [round(x, 4) for x in v] for k, v in per.items()} if rounds > 1 else None,
@@ -274,7 +291,7 @@ def print_report(points: list[Point], targets: list[str]) -> list[dict[str, obje
                     deltas = f"{med['added50']:9.2f}{med['added99']:9.2f}{(med['ratio'] or 0) * 100:9.1f}%"
                 print(
                     f"{target:<11}{c:>5} {'yes' if stream else 'no':<7}{med['rps'] or 0:>9.0f}"
-                    f"{med['p50'] or 0:>9.2f}{med['p99'] or 0:>9.2f}{deltas}{cpu:>11}"
+                    f"{med['p50'] or 0:>9.2f}{med['p99'] or 0:>9.2f}{deltas}{cpu:>11}{med['steal'] or 0:>6.1f}%"
                 )
                 if rounds > 1:
                     spread = f"rps {_spread(per['rps'], '.0f')}"
@@ -330,6 +347,24 @@ def beyond_bare_report(rows: list[dict[str, object]]) -> list[dict[str, object]]
     return _verdicts(title, checks, ("reading", "within"), ("within", "over"))
 
 
+def floor_report(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """With ``--with-floor``: the CPU per request of the least a metering proxy must do (the bare proxy plus a
+    capped hold committed before forwarding), against the 0.3 ms target; a floor over it means no proxy on this
+    stack that commits its holds can meet the target at that concurrency on this machine, in this run."""
+    floor = _getter(rows, "floor")
+    try:
+        floor(1, False, "rps")
+    except KeyError:
+        return []
+    checks = [
+        (f"floor of a metering proxy, CPU per request, c={c}", floor(c, False, "cpu_ms_per_request"), "<= 0.3 ms",
+         floor(c, False, "cpu_ms_per_request") <= 0.3)
+        for c in (1, 64)
+    ]  # fmt: skip
+    return _verdicts("the CPU target against a metering proxy's floor (bare proxy + one hold commit per call)", checks,
+                     ("reading", "within"), ("within", "over"))  # fmt: skip
+
+
 def _verdicts(
     title: str, checks: list[tuple[str, float, str, bool]], keys: tuple[str, str], words: tuple[str, str]
 ) -> list[dict[str, object]]:
@@ -378,6 +413,9 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per point (default 2)")
     p.add_argument("--with-bare", action="store_true", help="also measure bench/bare_proxy.py (aiohttp)")
     p.add_argument("--compare-clients", action="store_true", help="also the bare proxy on httpx2 (implies --with-bare)")
+    p.add_argument(
+        "--with-floor", action="store_true", help="also the bare proxy with a hold committed per call (--ledger)"
+    )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help=argparse.SUPPRESS)
     p.add_argument(
         "--rounds",
@@ -466,6 +504,14 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
         servers.append(bare)
         bare.wait_listening()
         proxies.append((name, port, bare))
+    if a.with_floor:
+        port = free_port()
+        argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port), "--ledger", str(tmp / "floor.db")]
+        argv += ["--upstream", f"http://127.0.0.1:{emu_port}", "--api-key", UPSTREAM_KEY]
+        floor = Server("floor", argv, port, tmp / "floor.log")
+        servers.append(floor)
+        floor.wait_listening()
+        proxies.append(("floor", port, floor))
 
     points: list[Point] = []
     sent_to_gateway, completed_by_gateway = 1, 1  # the start-up call
@@ -506,6 +552,7 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
     rows = print_report(points, [name for name, _, _ in proxies])
     checks = targets_report(rows, rss_mb, start_s)
     beyond = beyond_bare_report(rows)
+    floor = floor_report(rows)
     ledger = ledger_check(config, db, sent_to_gateway, completed_by_gateway)
     v = ledger["verify"]
     assert isinstance(v, dict)
@@ -537,6 +584,7 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
                     "points": [asdict(pt) for pt in points],
                     "targets": checks,
                     "beyond_bare": beyond,
+                    "floor": floor,
                     "ledger": ledger,
                     "loadavg_at_end": os.getloadavg()[0],
                 },

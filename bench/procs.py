@@ -107,6 +107,19 @@ class Server:
         self._log_file.close()
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far, in ticks: (all of it, what the VM's host took: "steal"), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already inside user and nice]
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time between two `cpu_ticks` readings that the host took."""
+    total = after[0] - before[0]
+    return 100 * (after[1] - before[1]) / total if total > 0 else 0.0
+
+
 def machine() -> dict[str, object]:
     """What the figures were measured on."""
     cpu = "unknown"

@@ -11,8 +11,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from overhead import Point, beyond_bare_report, print_report, targets_report  # noqa: E402
-from procs import WrkResult  # noqa: E402
+from overhead import Point, beyond_bare_report, floor_report, print_report, targets_report  # noqa: E402
+from procs import WrkResult, cpu_ticks, steal_share  # noqa: E402
 
 
 def point(target: str, rnd: int, rps: float, p50_us: int, cpu: float | None = None) -> Point:
@@ -84,3 +84,23 @@ def test_the_cpu_target_is_checked_at_both_concurrencies() -> None:
     assert out["CPU per non-streamed request, c=64"]["met"] is True
     assert out["CPU per non-streamed request, c=1"]["met"] is False
     assert out["CPU per non-streamed request, c=1"]["value"] == 0.62
+
+
+def test_the_cpu_target_against_a_metering_proxys_floor(capsys: pytest.CaptureFixture[str]) -> None:
+    """--with-floor: the bare proxy plus a hold committed per call, read against the 0.3 ms CPU target."""
+    rows = [row("gateway", 1, 1500, 0.55, 0.64), row("floor", 1, 2500, 0.3, 0.36),
+            row("gateway", 64, 5000, 10.0, 0.30), row("floor", 64, 6000, 8.0, 0.21)]  # fmt: skip
+    out = {r["reading"]: r for r in floor_report(rows)}
+    assert out["floor of a metering proxy, CPU per request, c=1"]["value"] == 0.36
+    assert out["floor of a metering proxy, CPU per request, c=1"]["within"] is False
+    assert out["floor of a metering proxy, CPU per request, c=64"]["within"] is True
+    assert "metering proxy's floor" in capsys.readouterr().out
+    assert floor_report(rows[0::2]) == []  # run without --with-floor
+
+
+def test_steal_is_the_hosts_share_of_the_machines_time() -> None:
+    assert steal_share((1000, 10), (1400, 110)) == 25.0  # 100 of the 400 ticks between the readings
+    assert steal_share((1000, 10), (1000, 10)) == 0.0  # no time passed: no share, no division by zero
+    total, steal = cpu_ticks()  # this machine's /proc/stat
+    assert total > 0 and 0 <= steal <= total
+    assert cpu_ticks()[0] >= total
