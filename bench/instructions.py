@@ -4,7 +4,8 @@ On a shared virtual machine the same timed run moves by 20 % within the hour, wh
 few percent. This counts the CPU instructions a serving process executes per request instead, under
 valgrind's callgrind (user space only: the kernel's share, mostly the sockets, is not counted). The same
 workload as `bench/overhead.py`: a chat completion with a 1 KB prompt and ``max_tokens`` 500, sent one
-after another on one kept-alive connection to the gateway on SQLite (one process) and to the bare proxy.
+after another on one kept-alive connection to the gateway on SQLite (one process), to the bare proxy, and to
+the floor of a metering proxy (the bare proxy with ``--ledger``: a hold committed before each call is forwarded).
 
 Each target is started twice under callgrind and sent ``--first`` and then ``--second`` requests; the
 difference of the two totals over the difference of the counts leaves out start-up and shut-down. A run takes
@@ -14,7 +15,7 @@ At that speed a settlement's 5 ms ride timer can fire before the next call is fo
 sparse (at full speed a call at concurrency 1 is two transactions: its hold, then its forwarded mark with the
 previous call's settlement).
 
-    .venv/bin/python bench/instructions.py                  # gateway and bare proxy
+    .venv/bin/python bench/instructions.py                  # gateway, bare proxy, and the floor (bare + --ledger)
     .venv/bin/python bench/instructions.py --json out.json
 
 Nothing asserts a count. valgrind is installed from Debian's package if it is missing.
@@ -101,7 +102,7 @@ def per_request(launch: Launch, name: str, first: int, second: int, tmp: Path) -
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="instructions per request, gateway and bare proxy (callgrind)")
+    p = argparse.ArgumentParser(description="instructions per request: gateway, bare proxy, floor (callgrind)")
     p.add_argument("--first", type=int, default=100, help="requests in the first run (default 100)")
     p.add_argument("--second", type=int, default=400, help="requests in the second run (default 400)")
     p.add_argument("--json", type=Path, help="write the figures to this file")
@@ -126,11 +127,16 @@ def main() -> int:
             argv += ["--upstream", f"http://127.0.0.1:{emu_port}", "--api-key", UPSTREAM_KEY]
             return argv, "bench", dict(os.environ)
 
+        def floor(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
+            argv, auth, env = bare(port, n)
+            return [*argv, "--ledger", str(tmp / f"floor-{n}.db")], auth, env
+
         figures = {}
-        for name, launch in (("gateway", gateway), ("bare", bare)):
+        for name, launch in (("gateway", gateway), ("bare", bare), ("floor", floor)):
             figures[name] = per_request(launch, name, a.first, a.second, tmp)
             print(f"{name:<8} {figures[name]:>12,.0f} instructions per request", flush=True)
-        print(f"gateway / bare: {figures['gateway'] / figures['bare']:.2f}")
+        bare_n = figures["bare"]
+        print(f"gateway / bare: {figures['gateway'] / bare_n:.2f}; floor / bare: {figures['floor'] / bare_n:.2f}")
         if a.json:
             a.json.write_text(json.dumps(figures, indent=2))
         return 0
