@@ -328,7 +328,8 @@ def beyond_bare_report(rows: list[dict[str, object]]) -> list[dict[str, object]]
     gw, bare = _getter(rows, "gateway"), _getter(rows, "bare")
     try:
         bare(1, False, "rps")
-    except KeyError:  # run without --with-bare
+        bare(64, False, "rps")
+    except KeyError:  # run without --with-bare, or at one concurrency only
         return []
     most_ms = 0.5 - ISSUE_BARE["added_p50_ms"]
     least_pct = 100 * 0.15 / ISSUE_BARE["share_of_direct"]
@@ -377,31 +378,27 @@ def _verdicts(
 
 
 def targets_report(rows: list[dict[str, object]], rss_mb: float, start_s: float) -> list[dict[str, object]]:
-    """Each of fairmeter's targets, met or not, from this run's figures."""
+    """Each of fairmeter's targets, met or not, from this run's figures (a point not measured is not read)."""
     get = _getter(rows, "gateway")
-
-    cpu1, cpu64 = get(1, False, "cpu_ms_per_request"), get(64, False, "cpu_ms_per_request")
-    checks: list[tuple[str, float, str, bool]] = [
-        (
-            "added p50, c=1, not streamed",
-            get(1, False, "added_p50_ms"),
-            "<= 0.5 ms",
-            get(1, False, "added_p50_ms") <= 0.5,
-        ),
-        ("added p50, c=1, streamed", get(1, True, "added_p50_ms"), "<= 1 ms", get(1, True, "added_p50_ms") <= 1.0),
-        (
-            "throughput share, c=64, not streamed",
-            get(64, False, "share_of_direct") * 100,
-            ">= 15 %",
-            get(64, False, "share_of_direct") >= 0.15,
-        ),
-        # The issue gives one CPU target and does not say at which concurrency; its bare proxy's "about 0.1 ms"
-        # is a figure under load (here the bare proxy uses ~0.13-0.16 ms at c=64, ~0.25 ms at c=1). Both are checked.
-        ("CPU per non-streamed request, c=64", cpu64, "<= 0.3 ms", cpu64 <= 0.3),
-        ("CPU per non-streamed request, c=1", cpu1, "<= 0.3 ms", cpu1 <= 0.3),
-        ("peak RSS (all gateway processes)", rss_mb, "<= 100 MB", rss_mb <= 100),
-        ("start to first answered call", start_s, "< 1 s", start_s < 1.0),
+    # The issue gives one CPU target and does not say at which concurrency; its bare proxy's "about 0.1 ms" is a
+    # figure under load (here the bare proxy uses ~0.13-0.16 ms at c=64, ~0.25 ms at c=1). Both are checked.
+    wanted: list[tuple[str, int, bool, str, float, str, bool]] = [
+        ("added p50, c=1, not streamed", 1, False, "added_p50_ms", 1, "<= 0.5 ms", False),
+        ("added p50, c=1, streamed", 1, True, "added_p50_ms", 1, "<= 1 ms", False),
+        ("throughput share, c=64, not streamed", 64, False, "share_of_direct", 100, ">= 15 %", True),
+        ("CPU per non-streamed request, c=64", 64, False, "cpu_ms_per_request", 1, "<= 0.3 ms", False),
+        ("CPU per non-streamed request, c=1", 1, False, "cpu_ms_per_request", 1, "<= 0.3 ms", False),
     ]
+    checks: list[tuple[str, float, str, bool]] = []
+    for name, c, stream, field, scale, goal, at_least in wanted:
+        try:
+            value = get(c, stream, field) * scale
+        except KeyError:  # that concurrency was not measured (--concurrency)
+            continue
+        bound = float(goal.split()[1])
+        checks.append((name, value, goal, value >= bound if at_least else value <= bound))
+    checks.append(("peak RSS (all gateway processes)", rss_mb, "<= 100 MB", rss_mb <= 100))
+    checks.append(("start to first answered call", start_s, "< 1 s", start_s < 1.0))
     return _verdicts("targets", checks, ("target", "met"), ("met", "NOT MET"))
 
 

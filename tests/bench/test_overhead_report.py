@@ -106,3 +106,15 @@ def test_steal_is_the_hosts_share_of_the_machines_time() -> None:
     total, steal = cpu_ticks()  # this machine's /proc/stat
     assert total > 0 and 0 <= steal <= total
     assert cpu_ticks()[0] >= total
+
+
+def test_a_run_at_one_concurrency_reads_only_its_targets() -> None:
+    """`--concurrency 1`: the c=64 targets and the reading against the bare proxy are left out, not a crash."""
+    rows = [{**row(target, 1, 1000, 0.45, 0.62), "stream": stream, "share_of_direct": 0.2}
+            for target in ("gateway", "bare") for stream in (False, True)]  # fmt: skip
+    out = {t["target"]: t for t in targets_report(rows, 60.0, 0.3)}
+    assert set(out) == {"added p50, c=1, not streamed", "added p50, c=1, streamed", "CPU per non-streamed request, c=1",
+                        "peak RSS (all gateway processes)", "start to first answered call"}  # fmt: skip
+    assert out["added p50, c=1, not streamed"]["met"] is True  # 0.45 <= 0.5
+    assert out["CPU per non-streamed request, c=1"]["met"] is False  # 0.62 > 0.3
+    assert beyond_bare_report(rows) == []
