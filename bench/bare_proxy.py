@@ -15,8 +15,8 @@ transaction (WAL, ``synchronous=NORMAL``, as the gateway) checks a cap and holds
 against it and inserts a call row, and settles, in the same transaction, every call answered since the
 previous one (the smallest design that commits the hold before forwarding: one commit per call at
 concurrency 1, with the settlement riding on the next hold). No parsing, no pricing, no double entry,
-no group commit: `bench/overhead.py --with-floor` reads what two SQL writes and a commit per request
-cost on this machine, beside the bare proxy.
+no group commit: `bench/overhead.py --with-floor` reads what a capped hold, a call row, its settlement
+and one commit per request cost on this machine, beside the bare proxy.
 """
 
 from __future__ import annotations
