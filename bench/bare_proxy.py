@@ -4,19 +4,23 @@ Raw ASGI on uvicorn (httptools, uvloop) with one kept-alive upstream client and 
 key lookup, no JSON parsing, no ledger. `bench/overhead.py --with-bare` measures it next to the
 gateway, so the gateway's cost can be split into "being a Python proxy at all" and "metering".
 
-    python bench/bare_proxy.py --port 9001 --upstream http://127.0.0.1:8900 [--client aiohttp|httpx]
+    python bench/bare_proxy.py --port 9001 --upstream http://127.0.0.1:8900 [--client aiohttp|httpx|fairmeter]
+                               [--ledger FILE]
 
 ``--client httpx`` uses httpx2 (installed in the venv) instead of aiohttp, to compare the two
-upstream clients on the same workload. Paths are forwarded as they are (``/v1/chat/completions``
-goes to ``UPSTREAM/v1/chat/completions``).
+upstream clients on the same workload. ``--client fairmeter`` uses the gateway's own HTTP layers instead:
+its upstream client (`fairmeter.gateway.http_client`) and its server protocol, which sends a response's head
+with its body (`fairmeter.gateway.http_protocol`); the cheapest proxy this stack has. Paths are forwarded as
+they are (``/v1/chat/completions`` goes to ``UPSTREAM/v1/chat/completions``).
 
 ``--ledger FILE`` makes it the floor of a *metering* proxy instead: before forwarding, one SQLite
 transaction (WAL, ``synchronous=NORMAL``, as the gateway) checks a cap and holds a fixed amount
 against it and inserts a call row, and settles, in the same transaction, every call answered since the
 previous one (the smallest design that commits the hold before forwarding: one commit per call at
 concurrency 1, with the settlement riding on the next hold). No parsing, no pricing, no double entry,
-no group commit: `bench/overhead.py --with-floor` reads what a capped hold, a call row, its settlement
-and one commit per request cost on this machine, beside the bare proxy.
+no group commit. `bench/overhead.py --with-floor` runs it with ``--client fairmeter`` ("floor") beside the
+same proxy without ``--ledger`` ("bare-fm"), so the difference is what a capped hold, a call row, its
+settlement and one commit per request cost on this machine.
 """
 
 from __future__ import annotations
@@ -159,6 +163,34 @@ class FloorLedger:
         return call_id
 
 
+class FairmeterUpstream:
+    """The gateway's own upstream client: kept-alive connections over raw asyncio + httptools."""
+
+    def __init__(self, base: str) -> None:
+        from fairmeter.gateway.http_client import HttpClient, split_url
+
+        self.origin, self.prefix = split_url(base)
+        self.prefix = self.prefix.rstrip("/")
+        self._client = HttpClient(connect_timeout=10, read_timeout=600)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def forward(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> AsyncIterator[tuple[int, RawHeaders] | bytes]:
+        resp = await self._client.request("POST", self.origin, self.prefix + path, headers, body)
+        try:
+            yield resp.status, [(k.lower(), v) for k, v in resp.raw_headers]
+            async for chunk in resp.chunks():
+                yield chunk
+        finally:
+            resp.release()
+
+
 class BareProxy:
     """ASGI 3 app: POST anything to the upstream, relay the answer chunk by chunk."""
 
@@ -222,18 +254,28 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--upstream", required=True, help="origin of the provider, e.g. http://127.0.0.1:8900")
-    p.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
+    p.add_argument("--client", choices=("aiohttp", "httpx", "fairmeter"), default="aiohttp")
     p.add_argument("--api-key", default="bench-upstream-key")
     p.add_argument("--ledger", metavar="FILE", help="SQLite file: hold before forwarding, as a metering proxy must")
     args = p.parse_args()
     base = args.upstream.rstrip("/")
-    upstream: Upstream = AiohttpUpstream(base) if args.client == "aiohttp" else HttpxUpstream(base)
+    clients: dict[str, Callable[[str], Upstream]] = {
+        "aiohttp": AiohttpUpstream,
+        "httpx": HttpxUpstream,
+        "fairmeter": FairmeterUpstream,
+    }
+    upstream = clients[args.client](base)
+    http: Any = "httptools"
+    if args.client == "fairmeter":
+        from fairmeter.gateway.http_protocol import GatewayHttpProtocol
+
+        http = GatewayHttpProtocol
     config = uvicorn.Config(
         BareProxy(upstream, args.api_key, FloorLedger(args.ledger) if args.ledger else None),
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -4,8 +4,9 @@ On a shared virtual machine the same timed run moves by 20 % within the hour, wh
 few percent. This counts the CPU instructions a serving process executes per request instead, under
 valgrind's callgrind (user space only: the kernel's share, mostly the sockets, is not counted). The same
 workload as `bench/overhead.py`: a chat completion with a 1 KB prompt and ``max_tokens`` 500, sent one
-after another on one kept-alive connection to the gateway on SQLite (one process), to the bare proxy, and to
-the floor of a metering proxy (the bare proxy with ``--ledger``: a hold committed before each call is forwarded).
+after another on one kept-alive connection to the gateway on SQLite (one process), to the bare proxy, to the bare
+proxy on the gateway's own HTTP layers (``--client fairmeter``), and to the floor of a metering proxy (that one
+with ``--ledger``: a hold committed before each call is forwarded).
 
 Each target is started twice under callgrind and sent ``--first`` and then ``--second`` requests; the
 difference of the two totals over the difference of the counts leaves out start-up and shut-down. A run takes
@@ -15,7 +16,7 @@ At that speed a settlement's 5 ms ride timer can fire before the next call is fo
 sparse (at full speed a call at concurrency 1 is two transactions: its hold, then its forwarded mark with the
 previous call's settlement).
 
-    .venv/bin/python bench/instructions.py                  # gateway, bare proxy, and the floor (bare + --ledger)
+    .venv/bin/python bench/instructions.py                  # gateway, bare proxy (aiohttp, own client), floor
     .venv/bin/python bench/instructions.py --json out.json
 
 Nothing asserts a count. valgrind is installed from Debian's package if it is missing.
@@ -127,16 +128,20 @@ def main() -> int:
             argv += ["--upstream", f"http://127.0.0.1:{emu_port}", "--api-key", UPSTREAM_KEY]
             return argv, "bench", dict(os.environ)
 
-        def floor(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
+        def bare_fm(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
             argv, auth, env = bare(port, n)
+            return [*argv, "--client", "fairmeter"], auth, env
+
+        def floor(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
+            argv, auth, env = bare_fm(port, n)
             return [*argv, "--ledger", str(tmp / f"floor-{n}.db")], auth, env
 
         figures = {}
-        for name, launch in (("gateway", gateway), ("bare", bare), ("floor", floor)):
+        for name, launch in (("gateway", gateway), ("bare", bare), ("bare-fm", bare_fm), ("floor", floor)):
             figures[name] = per_request(launch, name, a.first, a.second, tmp)
             print(f"{name:<8} {figures[name]:>12,.0f} instructions per request", flush=True)
-        bare_n = figures["bare"]
-        print(f"gateway / bare: {figures['gateway'] / bare_n:.2f}; floor / bare: {figures['floor'] / bare_n:.2f}")
+        gw = figures["gateway"]
+        print(f"gateway / bare: {gw / figures['bare']:.2f}; gateway / floor: {gw / figures['floor']:.2f}")
         if a.json:
             a.json.write_text(json.dumps(figures, indent=2))
         return 0
