@@ -362,6 +362,14 @@ def floor_report(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     except KeyError:
         return []
     checks = [("floor of a metering proxy, CPU per request, c=1", cpu, "<= 0.3 ms", cpu <= 0.3)]
+    try:
+        metering = _getter(rows, "gateway")(1, False, "cpu_ms_per_request") - cpu
+    except KeyError:
+        pass
+    else:  # what fairmeter's metering costs beyond the floor, against what the target leaves it
+        room = 0.3 - cpu
+        name = "fairmeter beyond the floor, CPU per request, c=1"
+        checks.append((name, metering, f"<= {room:.3f} ms", metering <= room))
     title = "the CPU target against a metering proxy's floor (own HTTP layers + a hold committed per call)"
     return _verdicts(title, checks, ("reading", "within"), ("within", "over"))
 

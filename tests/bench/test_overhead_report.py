@@ -93,9 +93,17 @@ def test_the_cpu_target_against_a_metering_proxys_floor(capsys: pytest.CaptureFi
     out = {r["reading"]: r for r in floor_report(rows)}
     assert out["floor of a metering proxy, CPU per request, c=1"]["value"] == 0.36
     assert out["floor of a metering proxy, CPU per request, c=1"]["within"] is False
-    assert len(out) == 1  # at c=64 the floor commits per request, where a group commit shares one: not a floor
-    rows[1] = row("floor", 1, 2500, 0.3, 0.29)
-    assert floor_report(rows)[0]["within"] is True
+    # fairmeter's own metering beyond the floor (0.64 − 0.36), against what the target leaves it (0.3 − 0.36 < 0)
+    assert out["fairmeter beyond the floor, CPU per request, c=1"]["value"] == 0.28
+    assert out["fairmeter beyond the floor, CPU per request, c=1"]["within"] is False
+    assert len(out) == 2  # at c=64 the floor commits per request, where a group commit shares one: not a floor
+    rows[1] = row("floor", 1, 2500, 0.3, 0.16)
+    out = {r["reading"]: r for r in floor_report(rows)}
+    assert out["floor of a metering proxy, CPU per request, c=1"]["within"] is True
+    assert out["fairmeter beyond the floor, CPU per request, c=1"]["goal"] == "<= 0.140 ms"
+    assert out["fairmeter beyond the floor, CPU per request, c=1"]["within"] is False  # 0.48 > 0.14
+    rows[0] = row("gateway", 1, 1500, 0.45, 0.28)
+    assert floor_report(rows)[1]["within"] is True  # 0.12 <= 0.14
     assert "metering proxy's floor" in capsys.readouterr().out
     assert floor_report(rows[0::2]) == []  # run without --with-floor
 
