@@ -18,6 +18,7 @@ previous call's settlement).
 
     .venv/bin/python bench/instructions.py                  # gateway, bare proxy (aiohttp, own client), floor
     .venv/bin/python bench/instructions.py --json out.json
+    .venv/bin/python bench/instructions.py --without-store  # also the gateway without the store's per-call work
 
 Nothing asserts a count. valgrind is installed from Debian's package if it is missing.
 """
@@ -107,6 +108,9 @@ def main() -> int:
     p.add_argument("--first", type=int, default=100, help="requests in the first run (default 100)")
     p.add_argument("--second", type=int, default=400, help="requests in the second run (default 400)")
     p.add_argument("--json", type=Path, help="write the figures to this file")
+    p.add_argument(
+        "--without-store", action="store_true", help="also the gateway with its store's per-call work stubbed out"
+    )
     a = p.parse_args()
     ensure_tool("valgrind", "valgrind")
     tmp = Path(tempfile.mkdtemp(prefix="fairmeter-instructions-"))
@@ -117,9 +121,9 @@ def main() -> int:
     try:
         emulator.wait_listening()
 
-        def gateway(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
-            config = tmp / f"gateway-{n}.toml"
-            write_config(config, tmp / f"gateway-{n}.db", emu_port)
+        def gateway(port: int, n: int, name: str = "gateway") -> tuple[list[str], str, dict[str, str]]:
+            config = tmp / f"{name}-{n}.toml"
+            write_config(config, tmp / f"{name}-{n}.db", emu_port)
             argv = [*fairmeter_cmd(), "serve", "--config", str(config), "--port", str(port)]
             return argv, create_key(config), {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
 
@@ -136,8 +140,15 @@ def main() -> int:
             argv, auth, env = bare_fm(port, n)
             return [*argv, "--ledger", str(tmp / f"floor-{n}.db")], auth, env
 
+        def without_store(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
+            argv, key, env = gateway(port, n, "no-store")
+            return [sys.executable, str(BENCH / "serve_without_store.py"), *argv[argv.index("serve") :]], key, env
+
         figures = {}
-        for name, launch in (("gateway", gateway), ("bare", bare), ("bare-fm", bare_fm), ("floor", floor)):
+        targets = [("gateway", gateway), ("bare", bare), ("bare-fm", bare_fm), ("floor", floor)]
+        if a.without_store:
+            targets.insert(1, ("no-store", without_store))
+        for name, launch in targets:
             figures[name] = per_request(launch, name, a.first, a.second, tmp)
             print(f"{name:<8} {figures[name]:>12,.0f} instructions per request", flush=True)
         gw = figures["gateway"]
