@@ -498,25 +498,23 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
     pss_peak = mem_at_start["Pss"]
 
     proxies: list[tuple[str, int, Server]] = [("gateway", gw_port, gateway)]
-    bare_clients = ["aiohttp", "httpx"] if a.compare_clients else (["aiohttp"] if a.with_bare else [])
-    for client in bare_clients:
+    # Each bare proxy: its name, and its options beyond the port, the upstream and the key.
+    bare_proxies: list[tuple[str, list[str]]] = []
+    if a.with_bare or a.compare_clients:
+        bare_proxies.append(("bare", ["--client", "aiohttp"]))
+    if a.compare_clients:
+        bare_proxies.append(("bare-httpx", ["--client", "httpx"]))
+    if a.with_floor:  # the floor on the gateway's own HTTP layers (the cheapest this stack has), beside the same
+        bare_proxies.append(("bare-fm", ["--client", "fairmeter"]))  # proxy without it
+        bare_proxies.append(("floor", ["--client", "fairmeter", "--ledger", str(tmp / "floor.db")]))
+    for name, options in bare_proxies:
         port = free_port()
-        name = "bare" if client == "aiohttp" else "bare-httpx"
-        argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port)]
-        argv += ["--upstream", f"http://127.0.0.1:{emu_port}", "--client", client, "--api-key", UPSTREAM_KEY]
+        argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port), *options]
+        argv += ["--upstream", f"http://127.0.0.1:{emu_port}", "--api-key", UPSTREAM_KEY]
         bare = Server(name, argv, port, tmp / f"{name}.log")
         servers.append(bare)
         bare.wait_listening()
         proxies.append((name, port, bare))
-    # The floor on the gateway's own HTTP layers (the cheapest this stack has), beside the same proxy without it.
-    for name, ledger in (("bare-fm", []), ("floor", ["--ledger", str(tmp / "floor.db")])) if a.with_floor else ():
-        port = free_port()
-        argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port), "--client", "fairmeter", *ledger]
-        argv += ["--upstream", f"http://127.0.0.1:{emu_port}", "--api-key", UPSTREAM_KEY]
-        proc = Server(name, argv, port, tmp / f"{name}.log")
-        servers.append(proc)
-        proc.wait_listening()
-        proxies.append((name, port, proc))
 
     points: list[Point] = []
     sent_to_gateway, completed_by_gateway = 1, 1  # the start-up call
