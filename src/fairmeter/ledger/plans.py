@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fairmeter.ledger.funding import DEFAULT_ORDER, BucketKind, check_order
+from fairmeter.ledger.funding import DEFAULT_ORDER, SPILL_BUCKETS, BucketKind, check_order
 from fairmeter.ledger.windows import WEEKDAYS, Period, Unit, WindowKind, WindowSpec
 from fairmeter.money import Nano, hold_nano, parse_usd, usd_str
 from fairmeter.record import record
@@ -61,6 +61,22 @@ class Plan:
     order: tuple[BucketKind, ...] = DEFAULT_ORDER
     switches: Switches = Switches()
     grant_days: int = 90
+
+
+def overage_only(plan: Plan, switches: Switches) -> bool:
+    """Whether `allocate` places a hold of any positive size whole on overage, having read nothing: no
+    subscription window, overage on and uncapped, and no bucket before it that could take a share (a grant or
+    credits bucket with ``spill_to_credits`` on). The pay-as-you-go plan every new key starts on is such a plan.
+    A store may then place and settle the funding leg directly (tests/ledger/test_overage_only.py holds it to
+    `allocate` and `draw`)."""
+    if plan.windows or not switches.overage_enabled or switches.overage_cap is not None:
+        return False
+    for bucket in plan.order:
+        if bucket is BucketKind.OVERAGE:
+            return True
+        if bucket in SPILL_BUCKETS and switches.spill_to_credits:
+            return False
+    return False
 
 
 def check_name(value: object, what: str) -> str:

@@ -25,7 +25,10 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fairmeter.ledger.funding import Size
+import orjson
+
+from fairmeter.ledger.explain import explain_payment
+from fairmeter.ledger.funding import Allocation, BucketKind, Portion, Size
 from fairmeter.ledger.model import (
     Account,
     Transfer,
@@ -35,6 +38,8 @@ from fairmeter.ledger.model import (
     settlement_for,
     with_outcomes,
 )
+from fairmeter.ledger.plans import overage_only
+from fairmeter.ledger.windows import period_bounds
 from fairmeter.money import Nano
 from fairmeter.record import record
 from fairmeter.store.batch import GroupCommitter, LockBusy
@@ -126,6 +131,7 @@ class SQLiteStore:
         # Payers (plan and switches) as last read; valid while no other connection has committed
         # (``PRAGMA data_version``) and no change went through ``transaction`` outside a group commit.
         self._payers: dict[str, Payer] = {}
+        self._overage_payers: dict[str, tuple[Payer, bool]] = {}  # `_overage_only`, by the payer object it read
         self._data_version = -1
         self.committer = GroupCommitter(self._batch_transaction, batch)
         # Calls this process held: their settlement is planned before its statements, and resolves the funding
@@ -259,6 +265,28 @@ class SQLiteStore:
         else:
             for i, d in enumerate(deltas):
                 row[i] += d
+
+    def _defer_period(self, key: tuple[str, str, float], used: Nano, held: Nano) -> None:
+        """Queue a change to a period counter that no cap reads (see `_defer_unread`)."""
+        row = self._deferred_periods.get(key)
+        if row is None:
+            self._deferred_periods[key] = [used, held]
+        else:
+            row[0] += used
+            row[1] += held
+
+    def _overage_only(self, payer: Payer) -> bool:
+        """`overage_only` of the payer's plan and switches, once per payer as read."""
+        fast = self._overage_payers.get(payer.id)
+        if fast is None or fast[0] is not payer:
+            fast = self._overage_payers[payer.id] = (payer, overage_only(payer.plan, payer.switches))
+        return fast[1]
+
+    @staticmethod
+    def _overage_starts(payer: Payer, now: float) -> tuple[float, float]:
+        """The spill and overage periods a hold at ``now`` counts in (as `hold_funding` records them)."""
+        sw = payer.switches
+        return period_bounds(sw.spill_period, now)[0], period_bounds(sw.overage_period, now)[0]
 
     def _defer_unread(self, writes: Writes, payer: Payer | None) -> Writes:
         """Move the funding writes' overage and subscription accounts to the once-per-transaction sums, and the
@@ -429,9 +457,20 @@ class SQLiteStore:
         funding_json = None
         moved: list[TransferRow] = []
         fh: FundingHold | None = None
-        if call.payer_id is not None:
+        payer = self._payer(call.payer_id) if call.payer_id is not None else None
+        overage = payer is not None and call.reserved > 0 and self._overage_only(payer)
+        if payer is not None and overage:  # the funding leg without reads or an allocation: all of W on overage
+            starts = self._overage_starts(payer, call.started_at)
+            funding_json = _overage_json(call.reserved, starts, None)
+            bucket = _OVERAGE + payer.id
+            self._defer(bucket, (call.reserved, 0, 0, 0))
+            self._defer_period((payer.id, "overage", starts[1]), 0, call.reserved)
+            moved.append(
+                (call.id, "hold", bucket, account, call.reserved, None, "pending", None, call.started_at, _OVERAGE_KIND)
+            )
+        elif call.payer_id is not None:
             size = Size(call.reserved, call.tokens)
-            payer, tx = self._payer(call.payer_id), self._tx
+            tx = self._tx
             fh = run_now(
                 hold_funding(
                     tx,
@@ -463,7 +502,9 @@ class SQLiteStore:
         # so the funding holds' are the ids just before the hold's.
         moved.append((call.id, "hold", account, provider, call.reserved, None, "pending", None, call.started_at, None))
         hold = self._insert_transfers(moved)
-        if call.payer_id is not None and fh is not None and fh.held is not None:
+        if payer is not None and overage:
+            self._held[call.id] = _Held(payer.id, None, account, {}, (call.reserved, hold - 1, *starts))
+        elif call.payer_id is not None and fh is not None and fh.held is not None:
             first = hold - len(moved) + 1
             ids = {r[2]: (first + i, r[9]) for i, r in enumerate(moved[:-1])}
             self._held[call.id] = _Held(call.payer_id, fh.held, account, ids)
@@ -528,7 +569,12 @@ class SQLiteStore:
         planned: Writes | None = None
         here = self._held.pop(call_id, None)
         payer = self._payers.get(here.payer_id) if here is not None else None  # as this transaction knows it
-        if here is not None:
+        overage, here_payer = None, here.payer_id if here is not None else ""
+        if here is not None and here.overage is not None:
+            if payer is not None and self._overage_only(payer) and (void or actual <= here.overage[0]):
+                overage = here.overage  # settled below without a plan: all of the cost on overage
+            here = None  # else settled from the record's funding hold, as a call another process held
+        elif here is not None and here.funding is not None:
             planned, done, _, _ = run_now(
                 plan_settlement(self._tx, call_id, here.payer_id, here.account, here.funding, Size(actual, end.tokens),
                                 now, void=void, credit_key=False)
@@ -536,6 +582,8 @@ class SQLiteStore:
             if done is None:
                 planned = None
         paid = planned.call if planned is not None else None
+        if overage is not None:
+            paid = (call_id, _overage_json(actual, overage[2:], 0), explain_payment(_on_overage(actual), (), {}), 0)
         forwarded = call_id in self._forwarded
         if forwarded:
             self._settling.add(call_id)
@@ -574,6 +622,9 @@ class SQLiteStore:
                 how = _POST if drawn else _VOID
                 moved.append((call_id, how, bucket_account, key, drawn, ref, "posted", None, at, bucket))
             planned.resolutions = []
+        elif overage is not None:
+            how, bucket_account = _POST if actual else _VOID, _OVERAGE + here_payer
+            moved.append((call_id, how, bucket_account, debit, actual, overage[1], "posted", None, now, _OVERAGE_KIND))
         self._insert_transfers(moved)
         funded = row["funding_json"] is not None  # the funding leg credits the key what the spend leg posts
         db.execute(
@@ -585,6 +636,9 @@ class SQLiteStore:
         if planned is not None:
             planned.call = None  # already in the update above
             self._flush_writes(self._defer_unread(planned, payer))
+        elif overage is not None:
+            self._defer(_OVERAGE + here_payer, (-overage[0], actual, 0, 0))
+            self._defer_period((here_payer, "overage", overage[3]), actual, -overage[0])
         elif row["funding_json"] is not None:
             self._settle_funding(
                 call_id, row["payer_id"], debit, row["funding_json"], Size(actual, end.tokens), now, void
@@ -740,12 +794,35 @@ def _key(row: sqlite3.Row) -> KeyRecord:
 @record
 class _Held:
     """A call this process held: its payer, funding hold and key account, and each funding hold's transfer id and
-    bucket by the bucket's account."""
+    bucket by the bucket's account; or, for a hold placed whole on overage (``funding`` None), ``overage``: the
+    amount held, the funding hold's transfer id, and the spill and overage periods it counted in."""
 
     payer_id: str
-    funding: HeldFunding
+    funding: HeldFunding | None
     account: str
     hold_ids: dict[str, tuple[int, str | None]]
+    overage: tuple[Nano, int, float, float] | None = None
+
+
+_OVERAGE = "overage:"  # an overage bucket's account is this and the payer's id (`funding_sql.bucket_account`)
+_OVERAGE_KIND = BucketKind.OVERAGE.value  # as a plain string (see _VOID above)
+
+
+def _on_overage(amount: Nano) -> Allocation:
+    """``amount`` placed whole on overage (nothing when 0), as `allocate` and `draw` return it for such a plan."""
+    return Allocation((Portion(BucketKind.OVERAGE, _OVERAGE_KIND, amount),) if amount else ())
+
+
+def _overage_json(amount: Nano, starts: tuple[float, float], overrun: Nano | None) -> str:
+    """The call record's ``funding_json`` (``overrun`` None) or ``paid_json`` of ``amount`` on overage, as
+    `funding_sql.allocation_json` and `funding_sql.paid_json` write them."""
+    portions = [[_OVERAGE_KIND, _OVERAGE_KIND, amount]] if amount else []
+    if overrun is None:
+        out = {"portions": portions, "windows": [], "spill_start": starts[0], "overage_start": starts[1]}
+    else:
+        out = {"portions": portions, "windows": [], "overrun": overrun, "spill_start": starts[0],
+               "overage_start": starts[1]}  # fmt: skip
+    return orjson.dumps(out).decode()
 
 
 # A transfer row: call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts, bucket.
