@@ -39,7 +39,7 @@ from fairmeter.ledger.windows import Unit, WindowSpec, period_bounds, window_sta
 from fairmeter.money import Nano, usd_str
 from fairmeter.record import record
 from fairmeter.store.records import DEFAULT_ORG, DEFAULT_PAYER, HoldOutcome, iso
-from fairmeter.store.sql import Row, Tx, row_chunks, values_list, values_sql
+from fairmeter.store.sql import Row, Tx, row_chunks, to_sqlite, values_list, values_sql
 
 DEFAULT_PLAN = "payg"
 
@@ -456,6 +456,16 @@ Shape = tuple[int, int, int, int, int]  # rows of each of _PARTS, then funding h
 
 # Each part as rows of a multi-row insert (SQLite): the statement's head, its row width, its conflict clause.
 _INSERTS = tuple((f"INSERT INTO {target}", len(types), conflict) for _, target, types, conflict in _PARTS)
+_PART_INDEX = {name: i for i, (name, *_) in enumerate(_PARTS)}
+
+
+@lru_cache(maxsize=64)
+def sqlite_part_sql(part: str, rows: int) -> str:
+    """The statement `Writes` runs on SQLite for ``rows`` rows of one part (``"acc"``, ``"per"`` …), with SQLite's
+    placeholders: for a store that sums such rows itself and writes them as `Writes` would."""
+    head, width, conflict = _INSERTS[_PART_INDEX[part]]
+    return to_sqlite(values_sql(head, width, rows, conflict))
+
 
 # A settlement resolves each funding hold by a transfer of its own that references it (``pending_id``): a ``post``
 # of what that bucket paid, or a ``void`` when it paid nothing. Nothing is updated: the ledger is append-only.

@@ -53,6 +53,7 @@ from fairmeter.store.funding_sql import (
     load_payer,
     plan_settlement,
     settle_funding,
+    sqlite_part_sql,
 )
 from fairmeter.store.migrations import apply_migrations
 from fairmeter.store.protocol import Books, CallPage, LapsedCall
@@ -325,10 +326,20 @@ class SQLiteStore:
             run_now(writes.flush(self._tx))
 
     def _flush_deferred(self) -> None:
-        """Write the queued account changes (the funding writes' own row statement); runs before COMMIT."""
-        if self._deferred or self._deferred_periods:
-            run_now(Writes(accounts=self._deferred, periods=self._deferred_periods).flush(self._tx))
-            self._deferred, self._deferred_periods = {}, {}  # those went to that Writes: start new sums
+        """Write the queued account and period changes, in the statements the funding writes use for them (accounts
+        first); runs before COMMIT."""
+        accounts, periods = self._deferred, self._deferred_periods
+        if accounts:
+            self._deferred = {}  # start new sums
+            self._write_rows("acc", [(account, *row) for account, row in accounts.items() if any(row)])
+        if periods:
+            self._deferred_periods = {}
+            self._write_rows("per", [(*key, used, held) for key, (used, held) in periods.items() if used or held])
+
+    def _write_rows(self, part: str, rows: list[tuple[object, ...]]) -> None:
+        """Rows of one part of the funding writes, many per statement."""
+        for chunk in row_chunks(rows):
+            self._cur.execute(sqlite_part_sql(part, len(chunk)), list(chain.from_iterable(chunk)))
 
     # ---- keys (each its own short transaction) --------------------------------------------------
 
