@@ -3,9 +3,9 @@
 Every page a transaction changes is written whole to the WAL at COMMIT (two system calls per frame), and again
 into the database by the checkpoint, so the pages a call dirties, not its statements, set most of what the
 ledger's commit costs. This runs the store alone with the gateway's pattern at concurrency 1 (a call's hold
-commits alone; its "forwarded" mark commits with the previous call's riding settlement: two transactions per
-call), keeps every frame (no checkpoint runs), and maps each frame's page to its b-tree with SQLite's
-``dbstat`` table.
+commits alone; the forwarded marks and settlements ride, and commit together 5 ms after the first of them),
+keeps every frame (no checkpoint runs), and maps each frame's page to its b-tree with SQLite's ``dbstat``
+table.
 
     .venv/bin/python bench/wal_frames.py [--calls 2000]
 

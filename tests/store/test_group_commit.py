@@ -71,7 +71,7 @@ def test_a_forwarded_mark_is_not_waited_for_and_is_committed_by_close(store: SQL
         assert db.execute("SELECT forwarded FROM calls WHERE id = 'c1'").fetchone() == (1,)
 
 
-def test_a_hold_commits_alone_and_the_rides_commit_when_a_call_is_forwarded_or_after_a_moment(
+def test_a_hold_commits_alone_and_the_rides_commit_together_a_moment_after_the_first(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     end = CallEnd("ok", 200, "complete", None, "0", 0, False, None, 1.0)
@@ -81,25 +81,25 @@ def test_a_hold_commits_alone_and_the_rides_commit_when_a_call_is_forwarded_or_a
 
     async def main() -> None:
         key, _ = await store.create_key("k", None, False, 0.0)
-        monkeypatch.setattr(batch, "RIDE_S", 5.0)  # longer than any pause below, however busy the machine
+        monkeypatch.setattr(batch, "RIDE_S", 1.0)  # longer than the steps below take, however busy the machine
         await store.begin_call(_start("c1", key.id), 86400)
         before = store.committer.batches
-        store.mark_forwarded("c1")  # the request leaves: its mark commits on the loop's next iteration
+        store.mark_forwarded("c1")  # the request leaves: its mark rides
         await asyncio.sleep(0)
-        assert store.committer.batches == before + 1 and status("c1") == ("pending", 1)
+        assert store.committer.batches == before and status("c1") == ("pending", 0)
         settled = asyncio.ensure_future(store.finish_call("c1", end, 1.0, ride=True))  # the response went out
         await asyncio.sleep(0.01)
-        assert status("c1") == ("pending", 1)  # riding: nothing is forwarded, and 5 s have not passed
-        before = store.committer.batches
-        await store.begin_call(_start("c2", key.id), 86400)  # the next call's hold does not take the ride along
+        assert status("c1") == ("pending", 0)  # riding
+        # The next call's hold does not take the rides along, but writes the marks queued (one statement).
+        await store.begin_call(_start("c2", key.id), 86400)
         assert store.committer.batches == before + 1 and status("c1") == ("pending", 1)
-        store.mark_forwarded("c2")  # it leaves: c1's settlement and c2's mark commit together, while it waits
-        await settled
+        store.mark_forwarded("c2")
+        await settled  # RIDE_S after c1's mark: c1's settlement and c2's mark, in one transaction
         assert store.committer.batches == before + 2
         assert status("c1") == ("ok", 1) and status("c2") == ("pending", 1)
         monkeypatch.setattr(batch, "RIDE_S", 0.01)
         before = store.committer.batches
-        settled = asyncio.ensure_future(store.finish_call("c2", end, 1.0, ride=True))  # no call is forwarded
+        settled = asyncio.ensure_future(store.finish_call("c2", end, 1.0, ride=True))
         await asyncio.sleep(0.2)
         assert settled.done() and store.committer.batches == before + 1 and status("c2") == ("ok", 1)
 
@@ -148,9 +148,10 @@ def test_forwarded_marks_of_many_calls_in_flight_are_all_written(
             await store.begin_call(_start(f"c{n}", key.id), 86400)
         await store.begin_call(_start("c_next", key.id), 86400)
         store.db.set_trace_callback(statements.append)
-        for n in range(5):  # five calls leave in one turn of the loop: one transaction writes their marks
+        monkeypatch.setattr(batch, "RIDE_S", 0.01)
+        for n in range(5):  # five calls leave within RIDE_S: one transaction writes their marks
             store.mark_forwarded(f"c{n}")
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
 
     asyncio.run(main())
     store.db.set_trace_callback(None)

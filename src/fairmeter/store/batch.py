@@ -5,11 +5,11 @@ scheduled with ``loop.call_soon``: when the loop is idle the flush runs on its v
 and every such operation queued meanwhile by other requests joins the same transaction.
 
 An operation nobody is in a hurry for rides: a settlement (``run(op, ride=True)``, made after the client has
-its response) and anything ``submit``ted (nobody waits for it). Rides never lengthen a transaction someone
-waits for; they commit together when the process is about to wait on the network (``release``: a call was
-just forwarded to its provider, so the commit runs while the provider works), or ``RIDE_S`` after the first
-of them, whichever comes first. At concurrency 1 a call's hold so commits alone, and the previous call's
-settlement commits with the call's forwarded mark while the provider answers (docs/performance.md, stop 11).
+its response) and anything ``submit``ted (a forwarded mark: nobody waits for it). Rides never lengthen a
+transaction someone waits for; they commit together ``RIDE_S`` after the first of them. At concurrency 1 a
+call's hold so commits alone, and the forwarded marks and settlements of the calls of the last 5 ms share one
+transaction (docs/performance.md, stop 15: committing them whenever a call was forwarded, as from stop 11,
+cost a transaction per call).
 
 Operations report outcomes as result codes, so they do not raise in normal use; if one does, the batch
 is rolled back and its operations are run one by one, so only the failing one reports an error.
@@ -36,8 +36,8 @@ Op = tuple[Callable[[], Any], asyncio.Future[Any] | None]  # no future: nobody w
 log = logging.getLogger("fairmeter.store")
 
 
-# Rides (a settlement, a forwarded mark) commit at the latest this long after the first of them, when no call
-# is forwarded meanwhile (``release``), as when calls are sparse.
+# Rides (a settlement, a forwarded mark) commit together this long after the first of them. It is also how long a
+# forwarded mark can wait for its commit (docs/architecture.md, Leases).
 RIDE_S = 0.005  # float-ok: seconds
 
 
@@ -59,7 +59,7 @@ class GroupCommitter:
         self._queue: list[Op] = []  # someone waits for these
         self._rides: list[Op] = []  # nobody is in a hurry for these
         self._scheduled = False  # a flush of the queue is due on the loop's next iteration
-        self._releasing = False  # a flush of the rides is due on the loop's next iteration
+        self._retrying_rides = False  # the rides found the write lock taken: a retry is scheduled
         self._riding: asyncio.TimerHandle | None = None  # the rides' deadline
         self.batches = 0
         self.operations = 0
@@ -69,7 +69,7 @@ class GroupCommitter:
         """Queue ``op``; the returned future resolves after the transaction holding it has committed.
 
         ``ride``: nobody is in a hurry for it (a settlement whose client already has its response): it commits
-        with the rides, at the next ``release`` or at most ``RIDE_S`` from now.
+        with the rides, at most ``RIDE_S`` from now.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
@@ -92,15 +92,8 @@ class GroupCommitter:
         self._rides.append(op)
         if not self.batch:
             self.flush_rides(wait=True)
-        elif self._riding is None and not self._releasing:
+        elif self._riding is None and not self._retrying_rides:
             self._riding = loop.call_later(RIDE_S, self.flush_rides)
-
-    def release(self) -> None:
-        """The process is about to wait on the network (a call was just forwarded): commit the rides on the
-        loop's next iteration, while it waits."""
-        if self._rides and not self._releasing and self.batch:
-            self._releasing = True
-            asyncio.get_running_loop().call_soon(self.flush_rides)
 
     def flush(self, wait: bool = False) -> None:
         """Commit the operations someone waits for, queued now (scheduled by ``run``); ``wait=True`` (the naive
@@ -113,15 +106,15 @@ class GroupCommitter:
             asyncio.get_running_loop().call_later(RETRY_S, self.flush)
 
     def flush_rides(self, wait: bool = False) -> None:
-        """Commit the rides queued now (at a ``release``, or ``RIDE_S`` after the first)."""
-        self._releasing = False
+        """Commit the rides queued now (``RIDE_S`` after the first, or at a retry)."""
+        self._retrying_rides = False
         if self._riding is not None:
             self._riding.cancel()
             self._riding = None
         batch, self._rides = self._rides, []
         if batch and self._commit(batch, wait):
             self._rides = batch + self._rides
-            self._releasing = True
+            self._retrying_rides = True
             asyncio.get_running_loop().call_later(RETRY_S, self.flush_rides)
 
     def drain(self) -> None:

@@ -381,8 +381,8 @@ class SQLiteStore:
         return await self.committer.run(lambda: self._begin_call(call, idempotency_ttl_s))
 
     def mark_forwarded(self, call_id: str) -> None:
-        """Not waited for (see docs/architecture.md, Leases): the call is leaving for its provider, so the rides
-        (this mark, settlements of earlier calls) commit on the loop's next iteration, while the provider works.
+        """Not waited for (see docs/architecture.md, Leases): the call is leaving for its provider; the mark rides
+        with the settlements of earlier calls, and commits at most ``batch.RIDE_S`` from now.
 
         The marks are written at the end of a transaction, all in one statement (`_mark_forwarded`); the
         operation queued here only makes sure that a transaction comes.
@@ -391,7 +391,6 @@ class SQLiteStore:
         self._forwarded.add(call_id)  # before the submit: without batching, it commits at once
         if first:
             self.committer.submit(_nothing)
-        self.committer.release()
 
     async def finish_call(
         self,
