@@ -12,9 +12,9 @@ Each target is started twice under callgrind and sent ``--first`` and then ``--s
 difference of the two totals over the difference of the counts leaves out start-up and shut-down. A run takes
 about a minute (callgrind runs the code some fifty times slower). Runs of the same code differ by up to 4 % (the
 WAL checkpoint thread works on a wall-clock timer), so a small change needs several runs to show.
-At that speed the rides' 5 ms timer fires after nearly every call, as when calls are sparse: what is counted is
-a call with two transactions, its hold and its rides (at full speed the rides of the calls of 5 ms, some five
-at concurrency 1, share one transaction, so this overstates a call's share of the rides' commit).
+At that speed the rides' 5 ms timer (the forwarded marks and settlements commit together 5 ms after the first)
+covers fewer calls than at full speed, where it covers some five at concurrency 1: this count overstates a
+call's share of the rides' commit.
 
     .venv/bin/python bench/instructions.py                  # gateway, bare proxy (aiohttp, own client), floor
     .venv/bin/python bench/instructions.py --json out.json
