@@ -90,9 +90,8 @@ def test_a_hold_commits_alone_and_the_rides_commit_together_a_moment_after_the_f
         settled = asyncio.ensure_future(store.finish_call("c1", end, 1.0, ride=True))  # the response went out
         await asyncio.sleep(0.01)
         assert status("c1") == ("pending", 0)  # riding
-        # The next call's hold does not take the rides along, but writes the marks queued (one statement).
-        await store.begin_call(_start("c2", key.id), 86400)
-        assert store.committer.batches == before + 1 and status("c1") == ("pending", 1)
+        await store.begin_call(_start("c2", key.id), 86400)  # the next call's hold does not take the rides along
+        assert store.committer.batches == before + 1 and status("c1") == ("pending", 0)
         store.mark_forwarded("c2")
         await settled  # RIDE_S after c1's mark: c1's settlement and c2's mark, in one transaction
         assert store.committer.batches == before + 2
@@ -260,3 +259,30 @@ def test_a_riding_settlement_waits_for_the_next_forward_or_a_moment(
     waiting, shared, total = asyncio.run(main())
     assert waiting and shared == 2 and total == 3
     assert asyncio.run(store.key_spend(store.db.execute("SELECT id FROM keys").fetchone()[0])) == (1_000, 0)
+
+
+def test_at_concurrency_1_a_forwarded_mark_costs_no_statement_of_its_own(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next hold's transaction leaves the marks to the rides, where each takes its call's settlement update."""
+    end = CallEnd("ok", 200, "complete", None, "0", 0, False, None, 1.0)
+    statements: list[str] = []
+
+    async def main() -> None:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        monkeypatch.setattr(batch, "RIDE_S", 0.05)
+        store.db.set_trace_callback(statements.append)
+        settled = []
+        for n in range(3):  # hold, forward, answer: one call after another
+            await store.begin_call(_start(f"c{n}", key.id), 86400)
+            store.mark_forwarded(f"c{n}")
+            settled.append(asyncio.ensure_future(store.finish_call(f"c{n}", end, 1.0, ride=True)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*settled)
+
+    asyncio.run(main())
+    store.db.set_trace_callback(None)
+    assert not [s for s in statements if "SET forwarded = 1" in s]
+    assert statements.count("COMMIT") == 4  # three holds, then the rides of all three calls
+    rows = store.db.execute("SELECT id, status, forwarded FROM calls ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [("c0", "ok", 1), ("c1", "ok", 1), ("c2", "ok", 1)]

@@ -140,6 +140,7 @@ class SQLiteStore:
         self._held: dict[str, _Held] = {}
         # Forwarded marks not yet written, and the calls settled by the transaction now open (`_mark_forwarded`).
         self._forwarded: set[str] = set()
+        self._marks_due = False  # the open transaction writes the marks (it runs `_write_marks`)
         self._settling: set[str] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class SQLiteStore:
                 self._payers.clear()
                 self._data_version = version
             yield self.db
-            marked = self._mark_forwarded()
+            marked = self._mark_forwarded(self._marks_due)
             self._flush_deferred()
         except BaseException:
             self._deferred.clear()
@@ -215,6 +216,8 @@ class SQLiteStore:
             if self.db.in_transaction:  # some errors (a full disk) end the transaction themselves
                 self.db.execute("ROLLBACK")
             raise
+        finally:
+            self._marks_due = False
         cur.execute("COMMIT")
         self._forwarded -= marked
 
@@ -306,14 +309,17 @@ class SQLiteStore:
                 row[1] += held
         return writes
 
-    def _mark_forwarded(self) -> set[str]:
-        """Write the forwarded marks queued since the last commit, in one statement, before COMMIT; returns the
-        calls whose mark is now in this transaction (forgotten once it commits, kept if it rolls back).
+    def _mark_forwarded(self, write: bool) -> set[str]:
+        """Write the forwarded marks queued since the last commit (``write``: in the rides' transaction, see
+        `mark_forwarded`), in one statement, before COMMIT; returns the calls whose mark is now in this transaction
+        (forgotten once it commits, kept if it rolls back).
 
         A call settled in this same transaction takes its mark in its settlement's update instead (its answer
-        came back before the mark was written).
+        came back before the mark was written): at concurrency 1 every mark is so written.
         """
         settled, self._settling = self._settling & self._forwarded, set()
+        if not write:
+            return settled
         todo = list(self._forwarded - settled)
         for i in range(0, len(todo), _IDS_PER_UPDATE):
             ids = todo[i : i + _IDS_PER_UPDATE]
@@ -382,15 +388,21 @@ class SQLiteStore:
 
     def mark_forwarded(self, call_id: str) -> None:
         """Not waited for (see docs/architecture.md, Leases): the call is leaving for its provider; the mark rides
-        with the settlements of earlier calls, and commits at most ``batch.RIDE_S`` from now.
+        with the settlements, and commits at most ``batch.RIDE_S`` from now.
 
-        The marks are written at the end of a transaction, all in one statement (`_mark_forwarded`); the
-        operation queued here only makes sure that a transaction comes.
+        The marks are written at the end of the rides' transaction, all in one statement (`_mark_forwarded`), or
+        in the settlement's own update when the call is settled in it; the operation queued here only makes sure
+        that such a transaction comes. A hold's transaction does not write them (one statement less on a call's
+        path).
         """
         first = not self._forwarded
         self._forwarded.add(call_id)  # before the submit: without batching, it commits at once
         if first:
-            self.committer.submit(_nothing)
+            self.committer.submit(self._write_marks)
+
+    def _write_marks(self) -> None:
+        """The operation `mark_forwarded` queues: the transaction it runs in writes the marks queued."""
+        self._marks_due = True
 
     async def finish_call(
         self,
@@ -853,7 +865,3 @@ def _funding_transfers(writes: Writes) -> list[TransferRow]:
     ]
     writes.transfers = []
     return rows
-
-
-def _nothing() -> None:
-    """The operation `SQLiteStore.mark_forwarded` queues: its transaction writes the marks."""
