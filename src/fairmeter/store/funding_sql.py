@@ -158,7 +158,8 @@ async def seed_defaults(tx: Tx, now: float) -> None:
 # ---- accounts -------------------------------------------------------------------------------
 
 
-_PAYER_BUCKET = {BucketKind.SUBSCRIPTION: "sub:", BucketKind.CREDITS: "credits:", BucketKind.OVERAGE: "overage:"}
+OVERAGE_PREFIX = "overage:"  # a payer's overage account is this and the payer's id
+_PAYER_BUCKET = {BucketKind.SUBSCRIPTION: "sub:", BucketKind.CREDITS: "credits:", BucketKind.OVERAGE: OVERAGE_PREFIX}
 # Bucket accounts no funding decision reads (overage is capped by its period counter, a subscription by its
 # window counters): a store may sum their changes and write them once per transaction.
 UNREAD_ACCOUNTS = (_PAYER_BUCKET[BucketKind.OVERAGE], _PAYER_BUCKET[BucketKind.SUBSCRIPTION])
@@ -349,16 +350,35 @@ async def load_funding(tx: Tx, payer: Payer, now: float) -> Funding:
 # ---- writing holds and settlements ----------------------------------------------------------
 
 
-def allocation_json(a: Allocation, spill_start: float | None, overage_start: float | None) -> str:
-    """What a settlement needs of its hold: the portions, the window periods, the cap periods."""
-    return orjson.dumps(
-        {
-            "portions": [[p.bucket, p.source, p.amount] for p in a.portions],  # orjson writes an enum's value
-            "windows": [[w.name, w.start, w.amount, w.unit] for w in a.windows],
-            "spill_start": spill_start,
-            "overage_start": overage_start,
-        }
-    ).decode()
+def allocation_json(
+    a: Allocation, spill_start: float | None, overage_start: float | None, overrun: Nano | None = None
+) -> str:
+    """What a settlement needs of its hold (the call's ``funding_json``): the portions, the window periods, the cap
+    periods; with ``overrun``, what a payment was (``paid_json``)."""
+    portions = [[p.bucket, p.source, p.amount] for p in a.portions]  # orjson writes an enum's value
+    windows = [[w.name, w.start, w.amount, w.unit] for w in a.windows]
+    return funding_text(portions, windows, spill_start, overage_start, overrun)
+
+
+def funding_text(
+    portions: list[list[object]],
+    windows: list[list[object]],
+    spill_start: float | None,
+    overage_start: float | None,
+    overrun: Nano | None = None,
+) -> str:
+    """`allocation_json` of rows already made: for a store that writes the funding leg without an `Allocation`."""
+    doc: dict[str, object] = {"portions": portions, "windows": windows}
+    if overrun is not None:
+        doc["overrun"] = overrun
+    doc["spill_start"] = spill_start
+    doc["overage_start"] = overage_start
+    return orjson.dumps(doc).decode()
+
+
+def held_periods(sw: Switches, now: float) -> tuple[float, float]:  # float-ok: seconds
+    """The starts of the spill and overage periods a hold placed at ``now`` counts in."""
+    return period_bounds(sw.spill_period, now)[0], period_bounds(sw.overage_period, now)[0]
 
 
 @record
@@ -701,13 +721,8 @@ async def hold_funding(
     result = allocate(funding, size, now)
     if isinstance(result, Refusal):
         return FundingHold(None, result, funding)
-    sw = payer.switches
-    held = HeldFunding(
-        result,
-        # Counted whether or not a cap is set, so a cap set later in the period knows what was spent.
-        period_bounds(sw.spill_period, now)[0],
-        period_bounds(sw.overage_period, now)[0],
-    )
+    # Counted whether or not a cap is set, so a cap set later in the period knows what was spent.
+    held = HeldFunding(result, *held_periods(payer.switches, now))
     w = Writes()
     for p in result.portions:
         account = bucket_account(payer_id, p)
@@ -879,12 +894,4 @@ async def explanation(tx: Tx, payer_id: str, paid: Allocation, held: HeldFunding
 
 
 def paid_json(s: FundingSettled) -> str:
-    return orjson.dumps(
-        {
-            "portions": [[p.bucket, p.source, p.amount] for p in s.paid.portions],  # orjson writes an enum's value
-            "windows": [[w.name, w.start, w.amount, w.unit] for w in s.paid.windows],
-            "overrun": s.overrun,
-            "spill_start": s.spill_start,
-            "overage_start": s.overage_start,
-        }
-    ).decode()
+    return allocation_json(s.paid, s.spill_start, s.overage_start, s.overrun)

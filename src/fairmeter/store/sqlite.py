@@ -25,8 +25,6 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from fairmeter.ledger.explain import explain_payment
 from fairmeter.ledger.funding import Allocation, BucketKind, Portion, Size
 from fairmeter.ledger.model import (
@@ -39,16 +37,18 @@ from fairmeter.ledger.model import (
     with_outcomes,
 )
 from fairmeter.ledger.plans import overage_only
-from fairmeter.ledger.windows import period_bounds
 from fairmeter.money import Nano
 from fairmeter.record import record
 from fairmeter.store.batch import GroupCommitter, LockBusy
 from fairmeter.store.funding_sql import (
+    OVERAGE_PREFIX,
     UNREAD_ACCOUNTS,
     FundingHold,
     HeldFunding,
     Payer,
     Writes,
+    funding_text,
+    held_periods,
     hold_funding,
     load_payer,
     plan_settlement,
@@ -286,12 +286,6 @@ class SQLiteStore:
             fast = self._overage_payers[payer.id] = (payer, overage_only(payer.plan, payer.switches))
         return fast[1]
 
-    @staticmethod
-    def _overage_starts(payer: Payer, now: float) -> tuple[float, float]:
-        """The spill and overage periods a hold at ``now`` counts in (as `hold_funding` records them)."""
-        sw = payer.switches
-        return period_bounds(sw.spill_period, now)[0], period_bounds(sw.overage_period, now)[0]
-
     def _defer_unread(self, writes: Writes, payer: Payer | None) -> Writes:
         """Move the funding writes' overage and subscription accounts to the once-per-transaction sums, and the
         payer's spill and overage period counters when no cap reads them (``load_funding`` reads a period's
@@ -303,10 +297,7 @@ class SQLiteStore:
         if payer is not None and writes.periods:
             caps = {"spill": payer.switches.spill_cap, "overage": payer.switches.overage_cap}
             for key in [k for k in writes.periods if caps.get(k[1], 0) is None]:
-                used, held = writes.periods.pop(key)
-                row = self._deferred_periods.setdefault(key, [0, 0])
-                row[0] += used
-                row[1] += held
+                self._defer_period(key, *writes.periods.pop(key))
         return writes
 
     def _mark_forwarded(self, write: bool) -> set[str]:
@@ -482,9 +473,9 @@ class SQLiteStore:
         payer = self._payer(call.payer_id) if call.payer_id is not None else None
         overage = payer is not None and call.reserved > 0 and self._overage_only(payer)
         if payer is not None and overage:  # the funding leg without reads or an allocation: all of W on overage
-            starts = self._overage_starts(payer, call.started_at)
-            funding_json = _overage_json(call.reserved, starts, None)
-            bucket = _OVERAGE + payer.id
+            starts = held_periods(payer.switches, call.started_at)
+            funding_json = funding_text([[_OVERAGE_KIND, _OVERAGE_KIND, call.reserved]], [], *starts)
+            bucket = OVERAGE_PREFIX + payer.id
             self._defer(bucket, (call.reserved, 0, 0, 0))
             self._defer_period((payer.id, "overage", starts[1]), 0, call.reserved)
             moved.append(
@@ -604,8 +595,10 @@ class SQLiteStore:
             if done is None:
                 planned = None
         paid = planned.call if planned is not None else None
-        if overage is not None:
-            paid = (call_id, _overage_json(actual, overage[2:], 0), explain_payment(_on_overage(actual), (), {}), 0)
+        if overage is not None:  # as `plan_settlement` writes a draw of ``actual`` on that one portion
+            portions: list[list[object]] = [[_OVERAGE_KIND, _OVERAGE_KIND, actual]] if actual else []
+            paid_text = funding_text(portions, [], *overage[2:], 0)
+            paid = (call_id, paid_text, explain_payment(_on_overage(actual), (), {}), 0)
         forwarded = call_id in self._forwarded
         if forwarded:
             self._settling.add(call_id)
@@ -645,7 +638,7 @@ class SQLiteStore:
                 moved.append((call_id, how, bucket_account, key, drawn, ref, "posted", None, at, bucket))
             planned.resolutions = []
         elif overage is not None:
-            how, bucket_account = _POST if actual else _VOID, _OVERAGE + here_payer
+            how, bucket_account = _POST if actual else _VOID, OVERAGE_PREFIX + here_payer
             moved.append((call_id, how, bucket_account, debit, actual, overage[1], "posted", None, now, _OVERAGE_KIND))
         self._insert_transfers(moved)
         funded = row["funding_json"] is not None  # the funding leg credits the key what the spend leg posts
@@ -659,7 +652,7 @@ class SQLiteStore:
             planned.call = None  # already in the update above
             self._flush_writes(self._defer_unread(planned, payer))
         elif overage is not None:
-            self._defer(_OVERAGE + here_payer, (-overage[0], actual, 0, 0))
+            self._defer(OVERAGE_PREFIX + here_payer, (-overage[0], actual, 0, 0))
             self._defer_period((here_payer, "overage", overage[3]), actual, -overage[0])
         elif row["funding_json"] is not None:
             self._settle_funding(
@@ -826,25 +819,12 @@ class _Held:
     overage: tuple[Nano, int, float, float] | None = None
 
 
-_OVERAGE = "overage:"  # an overage bucket's account is this and the payer's id (`funding_sql.bucket_account`)
 _OVERAGE_KIND = BucketKind.OVERAGE.value  # as a plain string (see _VOID above)
 
 
 def _on_overage(amount: Nano) -> Allocation:
     """``amount`` placed whole on overage (nothing when 0), as `allocate` and `draw` return it for such a plan."""
     return Allocation((Portion(BucketKind.OVERAGE, _OVERAGE_KIND, amount),) if amount else ())
-
-
-def _overage_json(amount: Nano, starts: tuple[float, float], overrun: Nano | None) -> str:
-    """The call record's ``funding_json`` (``overrun`` None) or ``paid_json`` of ``amount`` on overage, as
-    `funding_sql.allocation_json` and `funding_sql.paid_json` write them."""
-    portions = [[_OVERAGE_KIND, _OVERAGE_KIND, amount]] if amount else []
-    if overrun is None:
-        out = {"portions": portions, "windows": [], "spill_start": starts[0], "overage_start": starts[1]}
-    else:
-        out = {"portions": portions, "windows": [], "overrun": overrun, "spill_start": starts[0],
-               "overage_start": starts[1]}  # fmt: skip
-    return orjson.dumps(out).decode()
 
 
 # A transfer row: call_id, kind, debit_account, credit_account, amount, pending_id, state, reason, ts, bucket.
