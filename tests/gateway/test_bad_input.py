@@ -336,7 +336,7 @@ def test_malformed_body_is_refused(
         ("PUT", "/v1/responses", "openai", "POST"),
         ("GET", "/v1/messages", "anthropic", "POST"),
         ("DELETE", "/v1/messages/count_tokens", "anthropic", "POST"),
-        ("POST", "/v1/models", "openai", "GET"),
+        ("POST", "/v1/models", "openai", "GET, HEAD"),
         ("POST", "/healthz", "openai", "GET, HEAD"),
     ],
 )

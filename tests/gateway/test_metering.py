@@ -132,6 +132,38 @@ def test_count_tokens_and_models_are_free(gateway: Gw) -> None:
     assert gateway.store.key_spend(key_id) == (0, 0)
 
 
+def test_the_model_list_answers_head_as_get_without_a_body(gateway: Gw) -> None:
+    """HEAD /v1/models: the status and headers a GET gets (its length included), no body, nothing charged."""
+    key_id, secret = gateway.key()
+    answers = {}
+    for method in ("GET", "HEAD"):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
+        try:
+            conn.request(method, "/v1/models", headers={"authorization": f"Bearer {secret}"})
+            resp = conn.getresponse()
+            answers[method] = (
+                resp.status,
+                resp.getheader("content-length"),
+                resp.read(),
+                resp.getheader("fairmeter-call-id"),
+            )
+        finally:
+            conn.close()
+    get, head = answers["GET"], answers["HEAD"]
+    assert get[0] == head[0] == 200
+    assert get[1] == head[1] == str(len(get[2])) and b"gpt-4o-mini" in get[2]
+    assert head[2] == b""
+    assert head[3] is not None and head[3].startswith("call_") and head[3] != get[3]
+    assert gateway.store.key_spend(key_id) == (0, 0)
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
+    try:  # HEAD is authenticated as GET is
+        conn.request("HEAD", "/v1/models", headers={"authorization": "Bearer fm-nope"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (401, b"")
+    finally:
+        conn.close()
+
+
 def _head(origin: str, path: str, auth: str, body: dict[str, object]) -> tuple[int, list[str], dict[str, str]]:
     """A raw POST: status, the header names in order (lower-cased, repeats kept), and the headers."""
     host, port = origin.removeprefix("http://").split(":")

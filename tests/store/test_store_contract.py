@@ -444,6 +444,22 @@ def test_an_overrun_is_posted_in_full_flagged_and_reported(backend: tuple[str, s
     run(backend, body)
 
 
+def test_calls_to_reconcile_are_listed_by_id_whatever_their_order_of_arrival(backend: tuple[str, str]) -> None:
+    """verify lists them in one order on every backend: by call id, not by when each row was written."""
+
+    async def body(store: Store) -> None:
+        key, _ = await store.create_key("k", None, False, 0.0)
+        ids = ["call_c", "call_a", "call_b"]  # written in this order
+        for call_id in ids:
+            await store.begin_call(start(key, 100, call_id=call_id), TTL)
+            assert await store.finish_call(call_id, end(150), 101.0) == 50
+        listed = await store.reconciliation_calls()
+        assert [c["id"] for c in listed] == sorted(ids)
+        assert [c["id"] for c in (await store.books()).reconciliation] == sorted(ids)
+
+    run(backend, body)
+
+
 def test_expiry_settles_at_the_estimate_and_flags_reconciliation(backend: tuple[str, str]) -> None:
     async def body(store: Store) -> None:
         key, _ = await store.create_key("k", None, False, 0.0)

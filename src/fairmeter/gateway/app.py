@@ -33,8 +33,13 @@ ROUTES: dict[str, Route] = {
     ),
 }
 
-# The routes forwarded free of charge: path → (method, provider, api).
-_FREE = {"/v1/messages/count_tokens": ("POST", "anthropic", "count_tokens"), "/v1/models": ("GET", "openai", "models")}
+# The routes forwarded free of charge: path → (methods, provider, api). The model list also answers HEAD (every
+# general-purpose HTTP server supports GET and HEAD, RFC 9110 §9.1): it is asked upstream as a GET, and the server
+# sends its status and headers without the body.
+_FREE = {
+    "/v1/messages/count_tokens": (("POST",), "anthropic", "count_tokens"),
+    "/v1/models": (("GET", "HEAD"), "openai", "models"),
+}
 
 # The health check's methods (a load balancer may ask with either).
 _HEALTH = ("GET", "HEAD")
@@ -42,7 +47,7 @@ _HEALTH = ("GET", "HEAD")
 # Every route of the gateway's own and the methods it takes (another method answers 405 with an Allow header).
 _METHODS = {
     **dict.fromkeys(ROUTES, ("POST",)),
-    **{path: (free[0],) for path, free in _FREE.items()},
+    **{path: free[0] for path, free in _FREE.items()},
     "/healthz": _HEALTH,
 }
 
@@ -66,7 +71,7 @@ class Gateway:
         route = ROUTES.get(path)
         if route is not None and scope["method"] == "POST":
             await metered_call(self.state, route, scope, receive, send)
-        elif (free := _FREE.get(path)) is not None and scope["method"] == free[0]:
+        elif (free := _FREE.get(path)) is not None and scope["method"] in free[0]:
             await self._free(scope, receive, send, free[1], free[2])
         elif path.startswith(ADMIN_PREFIX):
             await handle_admin(self.state, scope, receive, send)
@@ -106,7 +111,8 @@ class Gateway:
         upstream = state.config.upstreams[provider]
         fwd = state.upstream.forward_headers(scope["headers"], upstream)
         try:
-            resp = await state.upstream.send(scope["method"], upstream, scope["path"], fwd, body)
+            method = "GET" if scope["method"] == "HEAD" else scope["method"]
+            resp = await state.upstream.send(method, upstream, scope["path"], fwd, body)
         except Exception as exc:  # upstream unreachable
             err = error_body(provider, 502, "upstream_unreachable", f"The upstream could not be reached: {exc}.")
             await send_whole(send, 502, error_headers(call_id, False, len(err)), err)

@@ -786,7 +786,7 @@ class SQLiteStore:
         return [
             dict(r)
             for r in self._execute(
-                "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1",
+                "SELECT id, status, billed_nano, overrun_nano FROM calls WHERE needs_reconciliation = 1 ORDER BY id",
                 cur=cur,
             ).fetchall()
         ]
