@@ -15,7 +15,7 @@ recorded must equal the requests wrk sent (completed, plus those in flight when 
 stopped, which the gateway still settles). A failed check is the only non-zero exit.
 
     python bench/overhead.py [--duration 6] [--warmup 2] [--workers N] [--rounds N] [--with-bare] [--with-floor]
-                             [--compare-clients] [--json OUT]
+                             [--with-nostore] [--compare-clients] [--json OUT]
 
 ``--with-bare`` also measures bench/bare_proxy.py (a pass-through proxy with no metering) in the
 same run, and adds a second reading after the targets: fairmeter's cost beyond that proxy, against what the
@@ -24,6 +24,10 @@ targets leave beyond the bare proxy the issue measured on its machine (the targe
 same with ``--ledger`` ("floor"): the least a proxy that commits each call's hold before forwarding must do
 (bench/bare_proxy.py), so the CPU target can be read against what such a proxy costs on this machine before any
 parsing, pricing or double entry.
+``--with-nostore`` adds the gateway with its store's per-call work taken out ("no-store",
+bench/serve_without_store.py: nothing is held, settled or recorded, everything else of a call runs), with as many
+workers as the gateway; with ``--with-floor`` too, a last reading splits the gateway's CPU per request into its
+HTTP layers (bare-fm), the request path beyond them (no-store − bare-fm) and the store (gateway − no-store).
 ``--compare-clients`` adds the bare proxy on httpx2 instead of aiohttp. ``--rounds N`` measures every point N
 times, each round against its own direct run, and reports the medians with their range: on a shared VM whose
 speed drifts within minutes, one round can land a figure on either side of a target.
@@ -374,6 +378,27 @@ def floor_report(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return _verdicts(title, checks, ("reading", "within"), ("within", "over"))
 
 
+def split_report(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """With ``--with-floor`` and ``--with-nostore``: the gateway's CPU per non-streamed request in three parts, from
+    three processes of this run: its HTTP layers (bare-fm: the same upstream client and server protocol, nothing
+    else), the request path beyond them (the gateway without its store, less bare-fm: the key, parsing, the worst
+    case, the relay, usage, price) and the store (the gateway less the gateway without its store: the hold's and the
+    settlement's transactions, the call record). Differences of medians, so the parts are readings, not a sum."""
+    gw, nostore, http = _getter(rows, "gateway"), _getter(rows, "no-store"), _getter(rows, "bare-fm")
+    out: list[dict[str, object]] = []
+    for c in (1, 64):
+        try:
+            cpu = [f(c, False, "cpu_ms_per_request") for f in (gw, nostore, http)]
+        except KeyError:  # not measured (--concurrency), or run without --with-nostore or --with-floor
+            continue
+        if not out:
+            print("the gateway's CPU per non-streamed request, in parts (ms)")
+        parts = {"http_layers": cpu[2], "request_path": cpu[1] - cpu[2], "store": cpu[0] - cpu[1], "gateway": cpu[0]}
+        print(f"  c={c:<3} " + "  ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in parts.items()))
+        out.append({"c": c, **{k: round(v, 4) for k, v in parts.items()}})
+    return out
+
+
 def _verdicts(
     title: str, checks: list[tuple[str, float, str, bool]], keys: tuple[str, str], words: tuple[str, str]
 ) -> list[dict[str, object]]:
@@ -419,6 +444,11 @@ def main() -> int:
     p.add_argument("--compare-clients", action="store_true", help="also the bare proxy on httpx2 (implies --with-bare)")
     p.add_argument(
         "--with-floor", action="store_true", help="also the bare proxy with a hold committed per call (--ledger)"
+    )
+    p.add_argument(
+        "--with-nostore",
+        action="store_true",
+        help="also the gateway without its store's per-call work (bench/serve_without_store.py)",
     )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help=argparse.SUPPRESS)
     p.add_argument(
@@ -498,6 +528,18 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
     pss_peak = mem_at_start["Pss"]
 
     proxies: list[tuple[str, int, Server]] = [("gateway", gw_port, gateway)]
+    auths = {"gateway": key}  # the key each proxy is called with (the bare proxies take any)
+    if a.with_nostore:  # its own database and key: it never writes a call, and must not see the gateway's
+        nostore_config = tmp / "nostore.toml"
+        write_config(nostore_config, tmp / "nostore.db", emu_port)
+        auths["no-store"] = create_key(nostore_config)
+        port = free_port()
+        argv = [sys.executable, str(BENCH / "serve_without_store.py"), "serve", "--config", str(nostore_config)]
+        argv += ["--port", str(port), "--workers", str(a.workers)]
+        nostore = Server("no-store", argv, port, tmp / "no-store.log", {"BENCH_UPSTREAM_KEY": UPSTREAM_KEY})
+        servers.append(nostore)
+        nostore.wait_listening()
+        proxies.append(("no-store", port, nostore))
     # Each bare proxy: its name, and its options beyond the port, the upstream and the key.
     bare_proxies: list[tuple[str, list[str]]] = []
     if a.with_bare or a.compare_clients:
@@ -526,7 +568,7 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
         point, _, _ = measure("direct", emu_port, None, UPSTREAM_KEY, c, stream, bodies, a, rnd)
         points.append(point)
         for name, port, proc in proxies:
-            auth = key if name == "gateway" else "bench"
+            auth = auths.get(name, "bench")
             point, sent, completed = measure(name, port, proc, auth, c, stream, bodies, a, rnd)
             points.append(point)
             if name == "gateway":
@@ -556,6 +598,7 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
     checks = targets_report(rows, rss_mb, start_s)
     beyond = beyond_bare_report(rows)
     floor = floor_report(rows)
+    split = split_report(rows)
     ledger = ledger_check(config, db, sent_to_gateway, completed_by_gateway)
     v = ledger["verify"]
     assert isinstance(v, dict)
@@ -588,6 +631,7 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
                     "targets": checks,
                     "beyond_bare": beyond,
                     "floor": floor,
+                    "split": split,
                     "ledger": ledger,
                     "loadavg_at_end": os.getloadavg()[0],
                 },
