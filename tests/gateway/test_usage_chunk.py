@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fairmeter.gateway.proxy import _is_usage_chunk
+from fairmeter.usage import anthropic_messages, openai_chat, openai_responses
 
 
 @pytest.mark.parametrize(
@@ -21,4 +21,21 @@ from fairmeter.gateway.proxy import _is_usage_chunk
     ],
 )
 def test_only_the_usage_chunk_is_removed(data: bytes, removed: bool) -> None:
-    assert _is_usage_chunk(data) is removed
+    reader = openai_chat.StreamReader()
+    reader.feed(data)
+    assert reader.usage_only is removed
+    reader.feed(b'{"choices":[{"delta":{"content":"more"}}],"usage":null}')
+    assert reader.usage_only is False, "the flag describes the event fed last only"
+
+
+def test_readers_of_other_wire_formats_never_mark_an_event_usage_only() -> None:
+    events = [
+        b'{"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":2}}}',
+        b'{"type":"message_delta","usage":{"output_tokens":2}}',
+        b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}',
+    ]
+    for module in (openai_responses, anthropic_messages):
+        reader = module.StreamReader()
+        for data in events:
+            reader.feed(data)
+            assert reader.usage_only is False

@@ -329,10 +329,16 @@ async def _relay_stream(
                 break
             out = chunk
             events = splitter.feed(chunk)
-            for ev in events:
-                reader.feed(ev.data)
             if strip_usage:  # relay the events as they were, minus the usage chunk fairmeter asked for
-                out = b"".join(ev.raw for ev in events if not _is_usage_chunk(ev.data))
+                kept = []
+                for ev in events:
+                    reader.feed(ev.data)
+                    if not reader.usage_only:
+                        kept.append(ev.raw)
+                out = kept[0] if len(kept) == 1 else b"".join(kept)
+            else:
+                for ev in events:
+                    reader.feed(ev.data)
             if out:
                 if keep:
                     sent.append(out)
@@ -341,7 +347,7 @@ async def _relay_stream(
             ended = True
             for ev in splitter.flush():
                 reader.feed(ev.data)
-                if not (strip_usage and _is_usage_chunk(ev.data)):
+                if not (strip_usage and reader.usage_only):
                     if keep:
                         sent.append(ev.raw)
                     await send({"type": "http.response.body", "body": ev.raw, "more_body": True})
@@ -377,17 +383,6 @@ async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: Respons
             flag.set()
             resp.close()  # generation stops now, not when the next chunk would have arrived
             return
-
-
-def _is_usage_chunk(data: bytes) -> bool:
-    """The OpenAI chat chunk that carries only usage (``choices: []``, usage not null)."""
-    if b'"usage"' not in data or b'"usage":null' in data:  # every other chunk, in OpenAI's compact JSON
-        return False
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and obj.get("choices") == [] and obj.get("usage") is not None
 
 
 def _stored(resp: Response, headers: Headers, body: bytes, stream: bool) -> StoredResponse:

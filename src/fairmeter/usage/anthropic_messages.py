@@ -126,6 +126,7 @@ class StreamReader:
     """Reads a streamed message, one SSE ``data`` payload at a time."""
 
     __slots__ = ("_bytes", "_chunks", "_closed", "_error", "_final", "_last", "_model", "_start")
+    usage_only = False  # no event of this wire format carries usage alone (`fairmeter.usage.reader`)
 
     def __init__(self) -> None:
         self._start: dict[str, Any] | None = None  # message_start usage

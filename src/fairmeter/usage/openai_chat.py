@@ -115,7 +115,7 @@ def _tier_notes(obj: dict[str, Any]) -> tuple[str, ...]:
 class StreamReader:
     """Reads a streamed chat completion, one SSE ``data`` payload at a time."""
 
-    __slots__ = ("_bytes", "_chunks", "_error", "_model", "_notes", "_usage")
+    __slots__ = ("_bytes", "_chunks", "_error", "_model", "_notes", "_usage", "usage_only")
 
     def __init__(self) -> None:
         self._usage: dict[str, Any] | None = None
@@ -124,9 +124,11 @@ class StreamReader:
         self._model: str | None = None
         self._error: str | None = None
         self._notes: tuple[str, ...] = ()
+        self.usage_only = False  # see `fairmeter.usage.reader.StreamReader`
 
     def feed(self, data: bytes) -> None:
         """Take one event's data (a chunk JSON, or ``[DONE]``)."""
+        self.usage_only = False
         if data == b"[DONE]":
             return
         obj = load_object(data)
@@ -147,6 +149,8 @@ class StreamReader:
                 self._bytes += n
                 self._chunks += 1
         usage = obj.get("usage")
+        if usage is not None and choices == []:
+            self.usage_only = True
         if _is_usage(usage):
             self._usage = usage
         elif "error" in obj and self._error is None:

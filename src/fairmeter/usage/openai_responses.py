@@ -110,6 +110,7 @@ class StreamReader:
     """Reads a streamed response, one SSE ``data`` payload at a time."""
 
     __slots__ = ("_bytes", "_chunks", "_error", "_model", "_notes", "_searches", "_terminal", "_usage")
+    usage_only = False  # no event of this wire format carries usage alone (`fairmeter.usage.reader`)
 
     def __init__(self) -> None:
         self._usage: dict[str, Any] | None = None

@@ -15,6 +15,11 @@ class StreamReader(Protocol):
     garbage events are ignored, and a prefix of a valid stream never over-counts.
     """
 
+    # Whether the event fed last was the provider's usage report alone (an OpenAI chat chunk with ``choices: []``
+    # and a usage that is not null): the gateway drops that event when it asked for usage the client did not.
+    # Readers of other wire formats have no such event and leave it False.
+    usage_only: bool
+
     def feed(self, data: bytes) -> None: ...
 
     def finish(self, *, ended: bool) -> UsageReport: ...

@@ -141,7 +141,9 @@ class SSESplitter:
             parts = buf.split(b"\n\n")
             parts.pop()
             for part in parts:
-                if not part.startswith(b"data: ") or b"\n" in part:
+                # ``find``, not ``in``: CPython 3.11's ``bytes in bytes`` first tries its operand as an integer and
+                # builds (then drops) a TypeError, which costs more than the search itself, once per event here.
+                if not part.startswith(b"data: ") or part.find(b"\n") >= 0:
                     break
                 end = pos + len(part) + 2
                 out.append(SSEEvent(buf[pos:end], None, part[6:]))
@@ -169,7 +171,7 @@ class SSESplitter:
                         break
                     body = buf[pos:end]
                     end += 2
-                    if not self._first and body.startswith(b"data: ") and b"\n" not in body:
+                    if not self._first and body.startswith(b"data: ") and body.find(b"\n") < 0:  # (see above)
                         out.append(SSEEvent(buf[start:end], None, body[6:]))  # the usual one-line event
                         start = pos = end
                         lf = buf.find(b"\n", pos)
