@@ -19,6 +19,7 @@ call's share of the rides' commit.
     .venv/bin/python bench/instructions.py                  # gateway, bare proxy (aiohttp, own client), floor
     .venv/bin/python bench/instructions.py --json out.json
     .venv/bin/python bench/instructions.py --without-store  # also the gateway without the store's per-call work
+    .venv/bin/python bench/instructions.py --stream --only gateway   # streamed calls (20 chunks), one target
 
 Nothing asserts a count. valgrind is installed from Debian's package if it is missing.
 """
@@ -39,16 +40,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from overhead import PATH, UPSTREAM_KEY, create_key, request_body, write_config
+from overhead import PATH, STREAM_CHUNKS, UPSTREAM_KEY, create_key, request_body, write_config
 from procs import BENCH, Server, ensure_tool, fairmeter_cmd, free_port
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-def send_requests(port: int, auth: str, count: int, timeout_s: float = 180.0) -> None:
-    """Wait until the server answers a call, then send ``count`` more on the same connection."""
-    body = request_body(False)
+def send_requests(port: int, auth: str, count: int, stream: bool, timeout_s: float = 180.0) -> None:
+    """Wait until the server answers a call, then send ``count`` more on the same connection (``stream``: streamed
+    calls of ``STREAM_CHUNKS`` chunks, as `bench/overhead.py` sends them)."""
+    body = request_body(stream)
     headers = {"Content-Type": "application/json", "Authorization": "Bearer " + auth}
+    if stream:
+        headers["x-emulator-chunks"] = str(STREAM_CHUNKS)
     deadline = time.monotonic() + timeout_s
     while True:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -73,13 +77,15 @@ def send_requests(port: int, auth: str, count: int, timeout_s: float = 180.0) ->
     conn.close()
 
 
-def instructions(argv: list[str], port: int, auth: str, count: int, log: Path, env: dict[str, str]) -> int:
+def instructions(
+    argv: list[str], port: int, auth: str, count: int, log: Path, env: dict[str, str], stream: bool = False
+) -> int:
     """Instructions executed by ``argv`` (and its threads) from start to exit, serving ``count`` + 1 calls."""
     valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     with log.open("w") as err:
         proc = subprocess.Popen([*valgrind, *argv], env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            send_requests(port, auth, count)
+            send_requests(port, auth, count, stream)
             time.sleep(1.0)  # settlements riding after the last response
         finally:
             proc.send_signal(signal.SIGINT)
@@ -93,13 +99,13 @@ def instructions(argv: list[str], port: int, auth: str, count: int, log: Path, e
 Launch = Callable[[int, int], tuple[list[str], str, dict[str, str]]]  # (port, run) → argv, key, environment
 
 
-def per_request(launch: Launch, name: str, first: int, second: int, tmp: Path) -> float:
+def per_request(launch: Launch, name: str, first: int, second: int, tmp: Path, stream: bool = False) -> float:
     """Instructions per request of one target: two runs, the difference over the difference of their counts."""
     counts = []
     for n in (first, second):
         port = free_port()
         argv, auth, env = launch(port, n)
-        counts.append(instructions(argv, port, auth, n, tmp / f"{name}-{n}.log", env))
+        counts.append(instructions(argv, port, auth, n, tmp / f"{name}-{n}.log", env, stream))
     return (counts[1] - counts[0]) / (second - first)
 
 
@@ -110,6 +116,12 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="write the figures to this file")
     p.add_argument(
         "--without-store", action="store_true", help="also the gateway with its store's per-call work stubbed out"
+    )
+    p.add_argument(
+        "--stream", action="store_true", help=f"streamed calls ({STREAM_CHUNKS} chunks) instead of plain ones"
+    )
+    p.add_argument(
+        "--only", nargs="+", metavar="NAME", help="only these targets (gateway, no-store, bare, bare-fm, floor)"
     )
     a = p.parse_args()
     ensure_tool("valgrind", "valgrind")
@@ -149,10 +161,13 @@ def main() -> int:
         if a.without_store:
             targets.insert(1, ("no-store", without_store))
         for name, launch in targets:
-            figures[name] = per_request(launch, name, a.first, a.second, tmp)
+            if a.only and name not in a.only:
+                continue
+            figures[name] = per_request(launch, name, a.first, a.second, tmp, a.stream)
             print(f"{name:<8} {figures[name]:>12,.0f} instructions per request", flush=True)
-        gw = figures["gateway"]
-        print(f"gateway / bare: {gw / figures['bare']:.2f}; gateway / floor: {gw / figures['floor']:.2f}")
+        if {"gateway", "bare", "floor"} <= figures.keys():
+            gw = figures["gateway"]
+            print(f"gateway / bare: {gw / figures['bare']:.2f}; gateway / floor: {gw / figures['floor']:.2f}")
         if a.json:
             a.json.write_text(json.dumps(figures, indent=2))
         return 0

@@ -146,6 +146,37 @@ def test_any_chunking_gives_the_reference_events(stream: bytes, data: st.DataObj
     assert triples(events) == reference(stream)
 
 
+def test_a_chunk_of_whole_events_with_a_stray_line_end_after_them() -> None:
+    first = b"data: 0\n\n"  # the shortcut is for chunks after the first
+    for rest in (b"data: {}\n\n\n", b"data: 1\n\ndata: 2\n\n\n", b"data: 1\n\n\n\n", b"data: 1\n\n\ndata: 2\n\n"):
+        stream = first + rest
+        assert triples(split(stream, [len(first)])) == reference(stream)
+
+
+# Provider-like events (mostly one ``data: `` line and LF ends, now and then anything else), so that chunks made of
+# whole events, the usual upstream chunk, take the splitter's shortcut for them as often as not.
+provider_events = st.lists(
+    st.one_of(
+        st.builds(lambda p: b"data: " + p + b"\n\n", st.sampled_from([b"{}", b"[DONE]", b"", b"x: 1", b"data: y"])),
+        st.sampled_from([b"event: e\ndata: 1\n\n", b": ping\n\n", b"\n", b"data: a\r\n\r\n", b"data:b\n\n"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300)
+@given(events=provider_events, data=st.data())
+def test_chunks_of_whole_events_give_the_reference_events(events: list[bytes], data: st.DataObject) -> None:
+    bounds = [sum(len(e) for e in events[:k]) for k in range(len(events) + 1)]
+    stream = b"".join(events)
+    cuts = data.draw(st.lists(st.sampled_from(bounds), max_size=8))  # between events only
+    cuts += data.draw(st.lists(st.integers(0, len(stream)), max_size=2))  # and now and then anywhere
+    got = split(stream, cuts)
+    assert b"".join(e.raw for e in got) == stream
+    assert triples(got) == reference(stream)
+
+
 @given(stream=st.binary(max_size=300), data=st.data())
 def test_arbitrary_bytes_any_chunking(stream: bytes, data: st.DataObject) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))

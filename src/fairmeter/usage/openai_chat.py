@@ -89,7 +89,10 @@ def _message_bytes(msg: object) -> int:
     """UTF-8 bytes of the model-written text of a message or a streamed delta."""
     if not isinstance(msg, dict):
         return 0
-    n = text_bytes(msg.get("content")) + text_bytes(msg.get("refusal"))
+    content = msg.get("content")
+    if len(msg) == 1 and type(content) is str:  # the usual streamed delta: text and nothing else
+        return len(content) if content.isascii() else len(content.encode("utf-8", "surrogatepass"))
+    n = text_bytes(content) + text_bytes(msg.get("refusal"))
     calls = msg.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:

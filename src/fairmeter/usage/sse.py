@@ -57,6 +57,30 @@ def _parse_lines(lines: list[bytes]) -> tuple[bytes | None, bytes]:
     return event, b"\n".join(data)
 
 
+def _whole_data_events(chunk: bytes) -> list[SSEEvent] | None:
+    """The events of a chunk made only of whole one-line ``data: `` events with LF line ends (what providers send,
+    an event or a few a chunk), as the general path would split them; None for anything else, which it then splits.
+    ``find``, not ``in``: CPython 3.11's ``bytes in bytes`` first tries its operand as an integer and builds (then
+    drops) a TypeError, which costs more than the search itself."""
+    parts = chunk.split(b"\n\n")
+    if parts.pop():  # something after the last "\n\n" the split found: the chunk ends in "\n\n\n", say
+        return None
+    if len(parts) == 1:
+        part = parts[0]
+        if part[:6] == b"data: " and part.find(b"\n") < 0:
+            return [SSEEvent(chunk, None, part[6:])]
+        return None
+    out: list[SSEEvent] = []
+    pos = 0
+    for part in parts:
+        if part[:6] != b"data: " or part.find(b"\n") >= 0:
+            return None
+        end = pos + len(part) + 2
+        out.append(SSEEvent(chunk[pos:end], None, part[6:]))
+        pos = end
+    return out
+
+
 class SSESplitter:
     """Incremental SSE splitter: ``feed`` bytes as they arrive, ``flush`` at end of stream."""
 
@@ -84,6 +108,10 @@ class SSESplitter:
             buf = b"".join((self._buf, *self._more, chunk)) if self._more else self._buf + chunk
             self._more = []
         else:
+            if not self._first and chunk[-2:] == b"\n\n" and chunk.find(b"\r") < 0:
+                whole = _whole_data_events(chunk)
+                if whole is not None:  # the usual upstream chunk: nothing before it, nothing left after it
+                    return whole
             buf = chunk
         out: list[SSEEvent] = []
         start = self._split(buf, out, final=False)
@@ -141,9 +169,7 @@ class SSESplitter:
             parts = buf.split(b"\n\n")
             parts.pop()
             for part in parts:
-                # ``find``, not ``in``: CPython 3.11's ``bytes in bytes`` first tries its operand as an integer and
-                # builds (then drops) a TypeError, which costs more than the search itself, once per event here.
-                if not part.startswith(b"data: ") or part.find(b"\n") >= 0:
+                if not part.startswith(b"data: ") or part.find(b"\n") >= 0:  # (`_whole_data_events`: find)
                     break
                 end = pos + len(part) + 2
                 out.append(SSEEvent(buf[pos:end], None, part[6:]))
@@ -171,7 +197,7 @@ class SSESplitter:
                         break
                     body = buf[pos:end]
                     end += 2
-                    if not self._first and body.startswith(b"data: ") and body.find(b"\n") < 0:  # (see above)
+                    if not self._first and body.startswith(b"data: ") and body.find(b"\n") < 0:  # (find: as above)
                         out.append(SSEEvent(buf[start:end], None, body[6:]))  # the usual one-line event
                         start = pos = end
                         lf = buf.find(b"\n", pos)
