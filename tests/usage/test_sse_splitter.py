@@ -148,17 +148,39 @@ def test_any_chunking_gives_the_reference_events(stream: bytes, data: st.DataObj
 
 def test_a_chunk_of_whole_events_with_a_stray_line_end_after_them() -> None:
     first = b"data: 0\n\n"  # the shortcut is for chunks after the first
-    for rest in (b"data: {}\n\n\n", b"data: 1\n\ndata: 2\n\n\n", b"data: 1\n\n\n\n", b"data: 1\n\n\ndata: 2\n\n"):
+    for rest in (
+        b"data: {}\n\n\n",
+        b"data: 1\n\ndata: 2\n\n\n",
+        b"data: 1\n\n\n\n",
+        b"data: 1\n\n\ndata: 2\n\n",
+        b"event: e\ndata: 1\n\n\n",
+    ):
         stream = first + rest
         assert triples(split(stream, [len(first)])) == reference(stream)
 
 
-# Provider-like events (mostly one ``data: `` line and LF ends, now and then anything else), so that chunks made of
+# Provider-like events (mostly one ``data: `` line, or an ``event: `` and a ``data: `` line, with LF ends; now and
+# then anything else), so that chunks made of
 # whole events, the usual upstream chunk, take the splitter's shortcut for them as often as not.
 provider_events = st.lists(
     st.one_of(
         st.builds(lambda p: b"data: " + p + b"\n\n", st.sampled_from([b"{}", b"[DONE]", b"", b"x: 1", b"data: y"])),
-        st.sampled_from([b"event: e\ndata: 1\n\n", b": ping\n\n", b"\n", b"data: a\r\n\r\n", b"data:b\n\n"]),
+        st.sampled_from(
+            [
+                b"event: e\ndata: 1\n\n",
+                b"event: message_delta\ndata: {}\n\n",
+                b"event: a: b\ndata: : x\n\n",
+                b"event: e\ndata: 1\ndata: 2\n\n",
+                b"event: e\n\n",
+                b"event:e\ndata: 1\n\n",
+                b"event: e\ndata:1\n\n",
+                b"event: e\nid: 1\n\n",
+                b": ping\n\n",
+                b"\n",
+                b"data: a\r\n\r\n",
+                b"data:b\n\n",
+            ]
+        ),
     ),
     min_size=1,
     max_size=12,

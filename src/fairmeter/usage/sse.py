@@ -57,26 +57,33 @@ def _parse_lines(lines: list[bytes]) -> tuple[bytes | None, bytes]:
     return event, b"\n".join(data)
 
 
-def _whole_data_events(chunk: bytes) -> list[SSEEvent] | None:
-    """The events of a chunk made only of whole one-line ``data: `` events with LF line ends (what providers send,
-    an event or a few a chunk), as the general path would split them; None for anything else, which it then splits.
-    ``find``, not ``in``: CPython 3.11's ``bytes in bytes`` first tries its operand as an integer and builds (then
-    drops) a TypeError, which costs more than the search itself."""
+def _whole_simple_events(chunk: bytes) -> list[SSEEvent] | None:
+    """The events of a chunk made only of whole simple events with LF line ends, as the general path would split
+    them: one ``data: `` line (OpenAI), or an ``event: `` line and one ``data: `` line (Anthropic, OpenAI
+    Responses), an event or a few a chunk, as providers send them; None for anything else, which that path then
+    splits. ``find``, not ``in``: CPython 3.11's ``bytes in bytes`` first tries its operand as an integer and builds
+    (then drops) a TypeError, which costs more than the search itself."""
     parts = chunk.split(b"\n\n")
     if parts.pop():  # something after the last "\n\n" the split found: the chunk ends in "\n\n\n", say
-        return None
-    if len(parts) == 1:
-        part = parts[0]
-        if part[:6] == b"data: " and part.find(b"\n") < 0:
-            return [SSEEvent(chunk, None, part[6:])]
         return None
     out: list[SSEEvent] = []
     pos = 0
     for part in parts:
-        if part[:6] != b"data: " or part.find(b"\n") >= 0:
+        if part[:6] == b"data: ":
+            if part.find(b"\n") >= 0:
+                return None
+            event, data = None, part[6:]
+        elif part[:7] == b"event: ":
+            nl = part.find(b"\n")
+            if nl < 0 or part[nl + 1 : nl + 7] != b"data: " or part.find(b"\n", nl + 1) >= 0:
+                return None
+            event, data = part[7:nl], part[nl + 7 :]
+        else:
             return None
+        if len(parts) == 1:
+            return [SSEEvent(chunk, event, data)]
         end = pos + len(part) + 2
-        out.append(SSEEvent(chunk[pos:end], None, part[6:]))
+        out.append(SSEEvent(chunk[pos:end], event, data))
         pos = end
     return out
 
@@ -109,7 +116,7 @@ class SSESplitter:
             self._more = []
         else:
             if not self._first and chunk[-2:] == b"\n\n" and chunk.find(b"\r") < 0:
-                whole = _whole_data_events(chunk)
+                whole = _whole_simple_events(chunk)
                 if whole is not None:  # the usual upstream chunk: nothing before it, nothing left after it
                     return whole
             buf = chunk
@@ -169,7 +176,7 @@ class SSESplitter:
             parts = buf.split(b"\n\n")
             parts.pop()
             for part in parts:
-                if not part.startswith(b"data: ") or part.find(b"\n") >= 0:  # (`_whole_data_events`: find)
+                if not part.startswith(b"data: ") or part.find(b"\n") >= 0:  # (`_whole_simple_events`: find)
                     break
                 end = pos + len(part) + 2
                 out.append(SSEEvent(buf[pos:end], None, part[6:]))
