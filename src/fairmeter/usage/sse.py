@@ -57,35 +57,32 @@ def _parse_lines(lines: list[bytes]) -> tuple[bytes | None, bytes]:
     return event, b"\n".join(data)
 
 
-def _whole_simple_events(chunk: bytes) -> list[SSEEvent] | None:
-    """The events of a chunk made only of whole simple events with LF line ends, as the general path would split
-    them: one ``data: `` line (OpenAI), or an ``event: `` line and one ``data: `` line (Anthropic, OpenAI
-    Responses), an event or a few a chunk, as providers send them; None for anything else, which that path then
-    splits. ``find``, not ``in``: CPython 3.11's ``bytes in bytes`` first tries its operand as an integer and builds
-    (then drops) a TypeError, which costs more than the search itself."""
-    parts = chunk.split(b"\n\n")
-    if parts.pop():  # something after the last "\n\n" the split found: the chunk ends in "\n\n\n", say
-        return None
-    out: list[SSEEvent] = []
+def _simple_events(buf: bytes, out: list[SSEEvent]) -> int:
+    """Append the whole simple events at the start of ``buf`` to ``out``, as the general path would split them, and
+    return the offset where the first other block starts (``len(buf)`` when none does). Simple: one ``data: `` line
+    (OpenAI chat), or an ``event: `` line and one ``data: `` line (Anthropic, OpenAI Responses), with LF line ends:
+    what providers send, an event or a few a chunk. The caller has made sure that ``buf`` holds no CR and does not
+    start the stream (no BOM to drop). ``find``, not ``in``: CPython 3.11's ``bytes in bytes`` first tries its
+    operand as an integer and builds (then drops) a TypeError, which costs more than the search itself."""
+    parts = buf.split(b"\n\n")
+    parts.pop()  # what follows the last "\n\n": an unfinished block, or nothing
     pos = 0
     for part in parts:
         if part[:6] == b"data: ":
             if part.find(b"\n") >= 0:
-                return None
+                break
             event, data = None, part[6:]
         elif part[:7] == b"event: ":
             nl = part.find(b"\n")
             if nl < 0 or part[nl + 1 : nl + 7] != b"data: " or part.find(b"\n", nl + 1) >= 0:
-                return None
+                break
             event, data = part[7:nl], part[nl + 7 :]
         else:
-            return None
-        if len(parts) == 1:
-            return [SSEEvent(chunk, event, data)]
+            break
         end = pos + len(part) + 2
-        out.append(SSEEvent(chunk[pos:end], event, data))
+        out.append(SSEEvent(buf[pos:end], event, data))  # the whole of ``buf`` is ``buf`` itself, not a copy
         pos = end
-    return out
+    return pos
 
 
 class SSESplitter:
@@ -116,8 +113,8 @@ class SSESplitter:
             self._more = []
         else:
             if not self._first and chunk[-2:] == b"\n\n" and chunk.find(b"\r") < 0:
-                whole = _whole_simple_events(chunk)
-                if whole is not None:  # the usual upstream chunk: nothing before it, nothing left after it
+                whole: list[SSEEvent] = []
+                if _simple_events(chunk, whole) == len(chunk):  # the usual upstream chunk: no scan, no state
                     return whole
             buf = chunk
         out: list[SSEEvent] = []
@@ -171,16 +168,9 @@ class SSESplitter:
         if cr < 0:
             cr = n
         if cr == n and lf < n and pos == 0 and not self._lines and not self._first:
-            # Bulk path for the usual stream (LF only, one ``data:`` line per event): one split
-            # instead of a search per event. Anything unusual is left to the loop below.
-            parts = buf.split(b"\n\n")
-            parts.pop()
-            for part in parts:
-                if not part.startswith(b"data: ") or part.find(b"\n") >= 0:  # (`_whole_simple_events`: find)
-                    break
-                end = pos + len(part) + 2
-                out.append(SSEEvent(buf[pos:end], None, part[6:]))
-                pos = end
+            # Bulk path for the usual stream (LF only, simple events): one split instead of a search per event
+            # (`_simple_events`). Anything unusual is left to the loop below.
+            pos = _simple_events(buf, out)
             if pos:
                 start = pos
                 lf = buf.find(b"\n", pos)
@@ -204,7 +194,9 @@ class SSESplitter:
                         break
                     body = buf[pos:end]
                     end += 2
-                    if not self._first and body.startswith(b"data: ") and body.find(b"\n") < 0:  # (find: as above)
+                    if (
+                        not self._first and body.startswith(b"data: ") and body.find(b"\n") < 0
+                    ):  # (find: `_simple_events`)
                         out.append(SSEEvent(buf[start:end], None, body[6:]))  # the usual one-line event
                         start = pos = end
                         lf = buf.find(b"\n", pos)
