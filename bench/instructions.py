@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from overhead import PATH, STREAM_CHUNKS, UPSTREAM_KEY, create_key, request_body, write_config
-from procs import BENCH, Server, ensure_tool, fairmeter_cmd, free_port
+from procs import BENCH, Server, ensure_tool, fairmeter_cmd, free_port, nostore_cmd
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -133,10 +133,12 @@ def main() -> int:
     try:
         emulator.wait_listening()
 
-        def gateway(port: int, n: int, name: str = "gateway") -> tuple[list[str], str, dict[str, str]]:
+        def gateway(
+            port: int, n: int, name: str = "gateway", cmd: list[str] | None = None
+        ) -> tuple[list[str], str, dict[str, str]]:
             config = tmp / f"{name}-{n}.toml"
             write_config(config, tmp / f"{name}-{n}.db", emu_port)
-            argv = [*fairmeter_cmd(), "serve", "--config", str(config), "--port", str(port)]
+            argv = [*(cmd or fairmeter_cmd()), "serve", "--config", str(config), "--port", str(port)]
             return argv, create_key(config), {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
 
         def bare(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
@@ -153,8 +155,7 @@ def main() -> int:
             return [*argv, "--ledger", str(tmp / f"floor-{n}.db")], auth, env
 
         def without_store(port: int, n: int) -> tuple[list[str], str, dict[str, str]]:
-            argv, key, env = gateway(port, n, "no-store")
-            return [sys.executable, str(BENCH / "serve_without_store.py"), *argv[argv.index("serve") :]], key, env
+            return gateway(port, n, "no-store", nostore_cmd())
 
         figures = {}
         targets = [("gateway", gateway), ("bare", bare), ("bare-fm", bare_fm), ("floor", floor)]

@@ -60,6 +60,7 @@ from procs import (
     fairmeter_cmd,
     free_port,
     machine,
+    nostore_cmd,
     run_wrk,
     steal_share,
 )
@@ -123,14 +124,17 @@ def create_key(config: Path) -> str:
     return str(json.loads(out)["key"])
 
 
-def start_gateway(config: Path, port: int, log: Path, key: str, workers: int = 1) -> tuple[Server, float]:
-    """Spawn ``fairmeter serve`` and poll with a real chat completion until one is answered with 200."""
+def start_gateway(
+    config: Path, port: int, log: Path, key: str, workers: int = 1, cmd: list[str] | None = None, name: str = "gateway"
+) -> tuple[Server, float]:
+    """Spawn ``fairmeter serve`` (``cmd``: another command's ``serve``) and poll with a real chat completion until one
+    is answered with 200."""
     body = request_body(False)
     headers = {"Content-Type": "application/json", "Authorization": "Bearer " + key}
     t0 = time.perf_counter()
     server = Server(
-        "gateway",
-        [*fairmeter_cmd(), "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)],
+        name,
+        [*(cmd or fairmeter_cmd()), "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)],
         port,
         log,
         {"BENCH_UPSTREAM_KEY": UPSTREAM_KEY},
@@ -534,11 +538,9 @@ def run(a: argparse.Namespace, info: dict[str, object], tmp: Path, servers: list
         write_config(nostore_config, tmp / "nostore.db", emu_port)
         auths["no-store"] = create_key(nostore_config)
         port = free_port()
-        argv = [sys.executable, str(BENCH / "serve_without_store.py"), "serve", "--config", str(nostore_config)]
-        argv += ["--port", str(port), "--workers", str(a.workers)]
-        nostore = Server("no-store", argv, port, tmp / "no-store.log", {"BENCH_UPSTREAM_KEY": UPSTREAM_KEY})
+        log = tmp / "no-store.log"
+        nostore, _ = start_gateway(nostore_config, port, log, auths["no-store"], a.workers, nostore_cmd(), "no-store")
         servers.append(nostore)
-        nostore.wait_listening()
         proxies.append(("no-store", port, nostore))
     # Each bare proxy: its name, and its options beyond the port, the upstream and the key.
     bare_proxies: list[tuple[str, list[str]]] = []

@@ -33,6 +33,11 @@ def fairmeter_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fairmeter.cli"]
 
 
+def nostore_cmd() -> list[str]:
+    """`fairmeter` with the store's per-call work taken out (`bench/serve_without_store.py`), for its ``serve``."""
+    return [sys.executable, str(BENCH / "serve_without_store.py")]
+
+
 class Server:
     """A child process listening on a port; stopped (SIGTERM, then SIGKILL) by `stop()`."""
 
